@@ -1,0 +1,9 @@
+//! kith's Kubernetes wire layer: everything between an HTTP request from kubectl (or
+//! kube-rs, helm, Prometheus) and the object store, with no Raft inside.
+//!
+//! Start at [`server`] (the hyper service) and [`handler`] (the generic REST verbs); kinds
+//! are described once in [`kinds`], and [`store::ObjectStore`] is the only way down.
+
+pub mod error;
+pub mod kinds;
+pub mod store;

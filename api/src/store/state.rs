@@ -1,0 +1,451 @@
+//! The deterministic heart of every store: objects at a revision, and the watch hub.
+//!
+//! ```text
+//!   write (index, WriteOp) ──▶ State::apply ──▶ objects map, revision = index
+//!                                   │
+//!                                   └──▶ WatchHub: bounded history + broadcast ──▶ WatchStream
+//! ```
+//!
+//! `Shared` keeps both under one lock, so a watcher that lists and subscribes in one step
+//! can neither miss nor repeat an event. The Raft state machine and the in-memory store both
+//! apply writes through it; the Raft log index is the revision.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::{
+    EventType, Listing, ObjectKey, Precondition, Resource, Result, StoreError, StoreEvent, Watch,
+    WatchFrom, WriteOp,
+};
+
+/// Default number of events a watch can resume from.
+pub const DEFAULT_HISTORY: usize = 10_000;
+const BROADCAST_CAPACITY: usize = 8192;
+
+/// Objects at one revision. This is what a snapshot holds.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    objects: BTreeMap<ObjectKey, Bytes>,
+    revision: u64,
+}
+
+impl State {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// All objects in key order, for snapshots.
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Bytes)> {
+        self.objects.iter()
+    }
+
+    /// Rebuild from a snapshot's contents.
+    pub fn from_parts(revision: u64, objects: impl IntoIterator<Item = (ObjectKey, Bytes)>) -> Self {
+        State {
+            objects: objects.into_iter().collect(),
+            revision,
+        }
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<&Bytes> {
+        self.objects.get(key)
+    }
+
+    /// Objects of a resource, optionally in one namespace, in (namespace, name) order.
+    pub fn list(&self, resource: &Resource, namespace: Option<&str>) -> Vec<Bytes> {
+        let start = ObjectKey {
+            resource: resource.clone(),
+            namespace: namespace.unwrap_or("").to_string(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| {
+                &k.resource == resource && namespace.is_none_or(|ns| k.namespace == ns)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Record that the log reached `index` without an object write (blank or membership
+    /// entries): list revisions still follow the applied index.
+    pub fn advance(&mut self, index: u64) {
+        self.revision = self.revision.max(index);
+    }
+
+    /// Apply one write at log index `index`. Deterministic: the same writes in the same
+    /// order give the same objects on every replica. A refused write still advances the
+    /// revision (its log entry was applied; it just changed nothing).
+    pub fn apply(&mut self, index: u64, op: WriteOp) -> (Result<Bytes>, Option<StoreEvent>) {
+        self.advance(index);
+        match op {
+            WriteOp::Create { key, object } => {
+                if self.objects.contains_key(&key) {
+                    return (Err(StoreError::AlreadyExists), None);
+                }
+                let json = match stamp(object, index) {
+                    Ok(j) => j,
+                    Err(e) => return (Err(e), None),
+                };
+                self.objects.insert(key.clone(), json.clone());
+                let ev = StoreEvent {
+                    revision: index,
+                    kind: EventType::Added,
+                    key,
+                    object: json.clone(),
+                    prev: None,
+                };
+                (Ok(json), Some(ev))
+            }
+            WriteOp::Update { key, object, expect } => {
+                let Some(prev) = self.objects.get(&key).cloned() else {
+                    return (Err(StoreError::NotFound), None);
+                };
+                if let Err(e) = check(&prev, &expect) {
+                    return (Err(e), None);
+                }
+                let json = match stamp(object, index) {
+                    Ok(j) => j,
+                    Err(e) => return (Err(e), None),
+                };
+                self.objects.insert(key.clone(), json.clone());
+                let ev = StoreEvent {
+                    revision: index,
+                    kind: EventType::Modified,
+                    key,
+                    object: json.clone(),
+                    prev: Some(prev),
+                };
+                (Ok(json), Some(ev))
+            }
+            WriteOp::Delete { key, expect } => {
+                let Some(prev) = self.objects.get(&key).cloned() else {
+                    return (Err(StoreError::NotFound), None);
+                };
+                if let Err(e) = check(&prev, &expect) {
+                    return (Err(e), None);
+                }
+                self.objects.remove(&key);
+                let last = match serde_json::from_slice(&prev)
+                    .map_err(|e| StoreError::Internal(format!("stored object is not JSON: {e}")))
+                    .and_then(|v| stamp(v, index))
+                {
+                    Ok(j) => j,
+                    Err(e) => return (Err(e), None),
+                };
+                let ev = StoreEvent {
+                    revision: index,
+                    kind: EventType::Deleted,
+                    key,
+                    object: last.clone(),
+                    prev: Some(prev),
+                };
+                (Ok(last), Some(ev))
+            }
+        }
+    }
+}
+
+/// Set `metadata.resourceVersion` to the write's revision and serialize.
+fn stamp(mut object: Value, revision: u64) -> Result<Bytes> {
+    let meta = object
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Internal("object is not a JSON object".into()))?
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let meta = meta
+        .as_object_mut()
+        .ok_or_else(|| StoreError::Internal("metadata is not a JSON object".into()))?;
+    meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    serde_json::to_vec(&object)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// The resourceVersion and uid stored in an object's metadata.
+pub fn stored_version(json: &[u8]) -> (String, String) {
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default, rename = "resourceVersion")]
+        resource_version: String,
+        #[serde(default)]
+        uid: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Obj {
+        #[serde(default)]
+        metadata: Meta,
+    }
+    serde_json::from_slice::<Obj>(json)
+        .map(|o| (o.metadata.resource_version, o.metadata.uid))
+        .unwrap_or_default()
+}
+
+fn check(stored: &[u8], expect: &Precondition) -> Result<()> {
+    if expect.resource_version.is_none() && expect.uid.is_none() {
+        return Ok(());
+    }
+    let (rv, uid) = stored_version(stored);
+    if let Some(want) = expect.resource_version {
+        if rv != want.to_string() {
+            return Err(StoreError::Conflict {
+                expected: want.to_string(),
+                actual: rv,
+            });
+        }
+    }
+    if let Some(want) = &expect.uid {
+        if &uid != want {
+            return Err(StoreError::Conflict {
+                expected: format!("uid {want}"),
+                actual: format!("uid {uid}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Recent events, kept so watches can resume, and the broadcast that feeds live watchers.
+pub struct WatchHub {
+    history: VecDeque<Arc<StoreEvent>>,
+    limit: usize,
+    /// Every event with a revision above this is in `history`.
+    floor: u64,
+    tx: broadcast::Sender<Arc<StoreEvent>>,
+}
+
+impl WatchHub {
+    pub fn new(limit: usize, floor: u64) -> Self {
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        WatchHub {
+            history: VecDeque::new(),
+            limit: limit.max(1),
+            floor,
+            tx,
+        }
+    }
+
+    pub fn publish(&mut self, ev: StoreEvent) {
+        let ev = Arc::new(ev);
+        if self.history.len() == self.limit {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+        self.history.push_back(ev.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(ev);
+    }
+
+    /// Drop all history, e.g. after a snapshot replaced the state: watches must relist.
+    pub fn reset(&mut self, floor: u64) {
+        self.history.clear();
+        self.floor = floor;
+    }
+
+    /// Drop the oldest events so that only `keep` remain (tests force compaction with it).
+    pub fn compact(&mut self, keep: usize) {
+        while self.history.len() > keep {
+            if let Some(old) = self.history.pop_front() {
+                self.floor = old.revision;
+            }
+        }
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    fn subscribe(&self, filter: Filter, after: u64) -> Result<WatchStream> {
+        if after < self.floor {
+            return Err(StoreError::Expired {
+                requested: after,
+                oldest: self.floor,
+            });
+        }
+        let backlog = self
+            .history
+            .iter()
+            .filter(|e| e.revision > after && filter.matches(&e.key))
+            .cloned()
+            .collect();
+        Ok(WatchStream {
+            backlog,
+            rx: self.tx.subscribe(),
+            filter,
+            after,
+            done: false,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Filter {
+    resource: Resource,
+    namespace: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, key: &ObjectKey) -> bool {
+        key.resource == self.resource && self.namespace.as_ref().is_none_or(|ns| &key.namespace == ns)
+    }
+}
+
+/// Events of one resource (and namespace) after a revision, in order, without gaps.
+pub struct WatchStream {
+    backlog: VecDeque<Arc<StoreEvent>>,
+    rx: broadcast::Receiver<Arc<StoreEvent>>,
+    filter: Filter,
+    after: u64,
+    done: bool,
+}
+
+impl WatchStream {
+    /// The next event; `Some(Err(Expired))` once if this watcher fell too far behind, then
+    /// `None`. `None` also when the store shut down.
+    pub async fn next(&mut self) -> Option<Result<Arc<StoreEvent>>> {
+        if self.done {
+            return None;
+        }
+        if let Some(ev) = self.backlog.pop_front() {
+            self.after = ev.revision;
+            return Some(Ok(ev));
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(ev) => {
+                    if ev.revision <= self.after || !self.filter.matches(&ev.key) {
+                        continue;
+                    }
+                    self.after = ev.revision;
+                    return Some(Ok(ev));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.done = true;
+                    return Some(Err(StoreError::Expired {
+                        requested: self.after,
+                        oldest: self.after + 1,
+                    }));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The revision of the last event handed out (or the start revision).
+    pub fn revision(&self) -> u64 {
+        self.after
+    }
+}
+
+/// State and hub under one lock; what both store implementations hold.
+pub struct Shared {
+    inner: RwLock<(State, WatchHub)>,
+}
+
+impl Shared {
+    pub fn new(state: State, history: usize) -> Self {
+        let floor = state.revision();
+        Shared {
+            inner: RwLock::new((state, WatchHub::new(history, floor))),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, (State, WatchHub)> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, (State, WatchHub)> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply one write at `index` and notify watchers.
+    pub fn apply(&self, index: u64, op: WriteOp) -> Result<Bytes> {
+        let mut g = self.write_lock();
+        let (state, hub) = &mut *g;
+        let (res, ev) = state.apply(index, op);
+        if let Some(ev) = ev {
+            hub.publish(ev);
+        }
+        res
+    }
+
+    pub fn advance(&self, index: u64) {
+        self.write_lock().0.advance(index);
+    }
+
+    /// Replace the whole state (snapshot install). Watchers must relist: history restarts.
+    pub fn replace(&self, state: State) {
+        let mut g = self.write_lock();
+        let rev = state.revision();
+        g.0 = state;
+        g.1.reset(rev);
+    }
+
+    /// Run `f` over the current state (snapshot building, metrics).
+    pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.read().0)
+    }
+
+    pub fn compact_history(&self, keep: usize) {
+        self.write_lock().1.compact(keep);
+    }
+
+    pub fn watchers(&self) -> usize {
+        self.read().1.watchers()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.read().0.revision()
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Result<Bytes> {
+        self.read().0.get(key).cloned().ok_or(StoreError::NotFound)
+    }
+
+    pub fn list(&self, resource: &Resource, namespace: Option<&str>) -> Listing {
+        let g = self.read();
+        Listing {
+            items: g.0.list(resource, namespace),
+            revision: g.0.revision(),
+        }
+    }
+
+    pub fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom) -> Result<Watch> {
+        let g = self.read();
+        let filter = Filter {
+            resource: resource.clone(),
+            namespace: namespace.map(str::to_string),
+        };
+        match from {
+            WatchFrom::Revision(rev) => Ok(Watch {
+                initial: Vec::new(),
+                revision: rev,
+                events: g.1.subscribe(filter, rev)?,
+            }),
+            WatchFrom::Now => {
+                let rev = g.0.revision();
+                Ok(Watch {
+                    initial: g.0.list(resource, namespace),
+                    revision: rev,
+                    events: g.1.subscribe(filter, rev)?,
+                })
+            }
+        }
+    }
+}
