@@ -4,6 +4,13 @@
 //! Start at [`server`] (the hyper service) and [`handler`] (the generic REST verbs); kinds
 //! are described once in [`kinds`], and [`store::ObjectStore`] is the only way down.
 
+pub mod auth;
+pub mod discovery;
 pub mod error;
 pub mod kinds;
+pub mod openapi;
+pub mod patch;
+pub mod protobuf;
+pub mod selectors;
 pub mod store;
+pub mod table;

@@ -1,0 +1,5 @@
+//! kith's control plane: the Raft-replicated object store, the certificates of a region,
+//! and the `kith` command that runs them.
+
+pub mod pki;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Raft store (being written).
