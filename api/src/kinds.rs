@@ -115,6 +115,13 @@ impl std::fmt::Debug for Kind {
     }
 }
 
+/// Kinds are static and unique: identity is equality.
+impl PartialEq for Kind {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
 impl Kind {
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

@@ -5,12 +5,15 @@
 //! are described once in [`kinds`], and [`store::ObjectStore`] is the only way down.
 
 pub mod auth;
+pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod kinds;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod request;
 pub mod selectors;
 pub mod store;
 pub mod table;
+pub mod validation;
