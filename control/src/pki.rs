@@ -1,1 +1,0 @@
-//! Certificates and credentials (being written).
