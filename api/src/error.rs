@@ -70,6 +70,9 @@ pub enum ApiError {
     AlreadyExists(Target),
     #[error("conflict")]
     Conflict(Target),
+    /// A conflict with its own explanation, e.g. a pod that is already bound.
+    #[error("conflict: {1}")]
+    ConflictReason(Target, String),
     /// Server-side apply: another field manager owns fields this apply would change.
     #[error("apply conflict")]
     ApplyConflict { target: Target, causes: Vec<Cause> },
@@ -157,6 +160,12 @@ impl ApiError {
                     t.qualified(),
                     t.name
                 ),
+                details(t),
+            ),
+            ApiError::ConflictReason(t, why) => (
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {} \"{}\": {why}", t.qualified(), t.name),
                 details(t),
             ),
             ApiError::ApplyConflict { target, causes } => {

@@ -347,6 +347,13 @@ impl WatchStream {
         }
     }
 
+    /// Whether every event published so far has been handed out (or filtered away). Read
+    /// the store's revision R first, then ask this: if true, nothing at or below R is still
+    /// pending for this watcher, so a bookmark at R is safe.
+    pub fn caught_up(&self) -> bool {
+        self.backlog.is_empty() && self.rx.is_empty()
+    }
+
     /// The revision of the last event handed out (or the start revision).
     pub fn revision(&self) -> u64 {
         self.after
