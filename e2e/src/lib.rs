@@ -464,7 +464,7 @@ impl Cluster {
     /// server log is printed with the failure.
     pub fn check(&self, result: Result<()>) {
         if let Err(e) = result {
-            panic!("{e:?}");
+            panic!("{e:#}");
         }
     }
 }
@@ -616,13 +616,17 @@ macro_rules! kubectl_tests {
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn kubectl_1_30() {
-                    let cluster = $crate::Cluster::up().await.expect("kith starts");
+                    let cluster = $crate::Cluster::up()
+                        .await
+                        .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
                     cluster.check(super::$name(&cluster, $crate::Kubectl::V1_30).await);
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn kubectl_1_33() {
-                    let cluster = $crate::Cluster::up().await.expect("kith starts");
+                    let cluster = $crate::Cluster::up()
+                        .await
+                        .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
                     cluster.check(super::$name(&cluster, $crate::Kubectl::V1_33).await);
                 }
             }

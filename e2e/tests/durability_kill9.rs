@@ -18,7 +18,9 @@ const WRITERS: usize = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
-    let mut cluster = Cluster::up().await.expect("kith starts");
+    let mut cluster = Cluster::up()
+        .await
+        .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
     let result = kill9_body(&mut cluster).await;
     cluster.check(result);
 }

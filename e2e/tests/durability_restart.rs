@@ -9,7 +9,9 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_every_object_uid_and_resource_version() {
-    let mut cluster = Cluster::up().await.expect("kith starts");
+    let mut cluster = Cluster::up()
+        .await
+        .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
     let result = restart_body(&mut cluster).await;
     cluster.check(result);
 }

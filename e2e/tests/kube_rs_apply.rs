@@ -11,7 +11,9 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_apply_round_trip() {
-    let cluster = Cluster::up().await.expect("kith starts");
+    let cluster = Cluster::up()
+        .await
+        .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
     cluster.check(apply_body(&cluster).await);
 }
 

@@ -52,7 +52,7 @@ async fn reflector_relists_after_410_and_matches_a_fresh_list() {
         watch_history: Some(20),
     })
     .await
-    .expect("kith starts");
+    .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));
     cluster.check(reflector_body(&cluster).await);
 }
 
