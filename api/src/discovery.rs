@@ -504,8 +504,22 @@ mod tests {
             };
             plain.insert(url, api_resource_list(g, v).unwrap());
         }
+        let mut openapi = Map::new();
+        openapi.insert("/openapi/v3".into(), crate::openapi::index());
+        for (g, v) in group_versions() {
+            let url = if g.is_empty() {
+                format!("/openapi/v3/api/{v}")
+            } else {
+                format!("/openapi/v3/apis/{g}/{v}")
+            };
+            openapi.insert(
+                url,
+                crate::openapi::group_version_doc(g, v).unwrap().clone(),
+            );
+        }
         let doc = json!({
             "plain": plain,
+            "openapi": openapi,
             "aggregated": {"/api": aggregated(true), "/apis": aggregated(false)},
             "aggregatedContentType": AGGREGATED_CONTENT_TYPE,
         });

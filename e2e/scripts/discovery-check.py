@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Serve kith-api's discovery (and OpenAPI, when present) documents to real kubectl.
+"""Serve kith-api's discovery and OpenAPI v3 documents to real kubectl.
 
 The documents come from `cargo test -p kith-api dump_documents -- --ignored` (pure
 functions, no server); this script serves them from a throwaway http.server on
 127.0.0.1 and runs pinned kubectl binaries against it, once with aggregated discovery
 and once with the legacy per-group-version path. Plain http: kubectl sends no
-credentials. Collections answer with empty lists so `kubectl get` can run.
+credentials. Collections answer with empty lists so `kubectl get` can run; a tiny
+object store answers `kubectl apply` so its validation handshake can be observed.
 
 Usage: e2e/scripts/discovery-check.py [--keep-going]
 """
@@ -40,6 +41,9 @@ class State:
         self.docs = docs
         self.aggregated = True
         self.requests = []
+        # (method, path, query, content-type) of writes, for the apply checks
+        self.writes = []
+        self.objects = {}
         # resource plural per group-version -> kind, for the empty lists
         self.kinds = {}
         for url, doc in docs["plain"].items():
@@ -74,6 +78,8 @@ def make_handler(state):
                 return self.send_json(docs["plain"][url.path])
             if url.path in docs.get("openapi", {}):
                 return self.send_json(docs["openapi"][url.path])
+            if url.path in state.objects:
+                return self.send_json(state.objects[url.path])
             m = re.match(r"^(/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([a-z]+)$", url.path)
             if m and (m.group(1), m.group(2)) in state.kinds:
                 gv, kind = state.kinds[(m.group(1), m.group(2))]
@@ -82,7 +88,97 @@ def make_handler(state):
             self.send_json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                             "message": "not found", "reason": "NotFound", "code": 404}, code=404)
 
+        def write(self, code):
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            state.writes.append((self.command, url.path, url.query, self.headers.get("Content-Type", "")))
+            if self.command == "POST":
+                path = url.path + "/" + body["metadata"]["name"]
+                body["metadata"].setdefault("namespace", "default")
+                body["metadata"]["resourceVersion"] = "1"
+                body["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+                state.objects[path] = body
+                return self.send_json(body, code=201)
+            if url.path in state.objects:
+                return self.send_json(state.objects[url.path])
+            self.send_json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": "not found", "reason": "NotFound", "code": 404}, code=404)
+
+        def do_POST(self):
+            self.write(201)
+
+        def do_PATCH(self):
+            self.write(200)
+
     return Handler
+
+
+DEPLOYMENT = """apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+"""
+
+
+def check_openapi(c, state, version):
+    print(f"kubectl {version}, OpenAPI v3")
+    state.requests.clear()
+    p = c.kubectl(version, "explain", "deployment.spec.template.spec.containers")
+    out = p.stdout
+    c.expect("KIND:" in out and "Deployment" in out and re.search(r"FIELD:\s+containers <\[\]Container>", out),
+             "explain deployment.spec.template.spec.containers: kind and field header")
+    c.expect(re.search(r"^\s+image\s+<string>", out, re.M) is not None
+             and re.search(r"^\s+ports\s+<\[\]ContainerPort>", out, re.M) is not None,
+             "explain lists container fields (image <string>, ports <[]ContainerPort>)")
+    c.expect(any(r[0] == "/openapi/v3/apis/apps/v1" for r in state.requests), "explain fetched /openapi/v3/apis/apps/v1")
+
+    p = c.kubectl(version, "explain", "pods")
+    c.expect("KIND:" in p.stdout and "Pod" in p.stdout and re.search(r"^\s+spec\s+<PodSpec>", p.stdout, re.M),
+             "explain pods shows spec <PodSpec>")
+    p = c.kubectl(version, "explain", "cj.spec.jobTemplate.spec.template.spec.containers.resources.limits")
+    c.expect("map[string]Quantity" in p.stdout or "<map[string]" in p.stdout,
+             f"explain cronjob ... resources.limits: {p.stdout.splitlines()[:3]}")
+    p = c.kubectl(version, "explain", "leases.spec.holderIdentity")
+    c.expect("holderIdentity" in p.stdout and "<string>" in p.stdout, "explain leases.spec.holderIdentity")
+
+    # apply --validate=strict (the default): kubectl must find fieldValidation on the patch
+    # operation and leave validation to the server, instead of failing to download OpenAPI.
+    state.objects.clear()
+    state.writes.clear()
+    for attempt, manifest in [("create", DEPLOYMENT), ("patch", DEPLOYMENT.replace("replicas: 2", "replicas: 3"))]:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(manifest)
+        p = c.kubectl(version, "apply", "-f", f.name)
+        c.expect(p.returncode == 0, f"apply ({attempt}) succeeded: {p.stdout.strip()} {p.stderr.strip()}")
+    posts = [w for w in state.writes if w[0] == "POST"]
+    patches = [w for w in state.writes if w[0] == "PATCH"]
+    c.expect(len(posts) == 1 and "fieldValidation=Strict" in posts[0][2],
+             f"apply create: POST with fieldValidation=Strict ({posts})")
+    c.expect(len(patches) == 1 and "fieldValidation=Strict" in patches[0][2]
+             and patches[0][3] == "application/strategic-merge-patch+json",
+             f"apply update: strategic merge PATCH with fieldValidation=Strict ({patches})")
+    c.expect(not any(r[0].startswith("/openapi/v2") for r in state.requests), "no fallback to /openapi/v2")
+    state.writes.clear()
+    p = c.kubectl(version, "apply", "--server-side", "-f", f.name)
+    c.expect(p.returncode == 0 and state.writes and state.writes[0][3] == "application/apply-patch+yaml"
+             and "fieldValidation=Strict" in state.writes[0][2],
+             f"apply --server-side: {state.writes}")
+    os.unlink(f.name)
 
 
 class Checker:
@@ -188,6 +284,8 @@ def main():
             for mode in ["aggregated", "legacy"]:
                 state.aggregated = mode == "aggregated"
                 check_discovery(c, state, version, mode)
+            state.aggregated = True
+            check_openapi(c, state, version)
     finally:
         server.shutdown()
     print("all checks passed" if c.failures == 0 else f"{c.failures} check(s) failed")
