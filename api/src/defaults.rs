@@ -133,7 +133,10 @@ pub fn apply(kind: &Kind, object: &mut Value) {
                 if let Some(data) = data.as_object_mut() {
                     for (k, v) in sd {
                         let s = v.as_str().unwrap_or_default();
-                        data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+                        data.insert(
+                            k,
+                            json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                        );
                     }
                 }
             }

@@ -34,7 +34,11 @@ impl Cause {
         Cause::new("FieldValueRequired", field, "Required value")
     }
     pub fn invalid(field: &str, value: &str, why: &str) -> Self {
-        Cause::new("FieldValueInvalid", field, format!("Invalid value: \"{value}\": {why}"))
+        Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: \"{value}\": {why}"),
+        )
     }
 }
 
@@ -103,6 +107,36 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// kube-apiserver's text for apply conflicts: one conflict inline, several grouped by
+/// manager (managers sorted), each field on its own line.
+fn apply_conflict_message(causes: &[Cause]) -> String {
+    if let [c] = causes {
+        return format!("Apply failed with 1 conflict: {}: {}", c.message, c.field);
+    }
+    let mut by_manager: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for c in causes {
+        // The cause message is `conflict with "m" ...`; group on that text.
+        let who = c
+            .message
+            .strip_prefix("conflict with ")
+            .unwrap_or(&c.message)
+            .to_string();
+        by_manager.entry(who).or_default().push(&c.field);
+    }
+    let groups: Vec<String> = by_manager
+        .into_iter()
+        .map(|(who, fields)| {
+            let lines: Vec<String> = fields.iter().map(|f| format!("- {f}")).collect();
+            format!("conflicts with {who}:\n{}", lines.join("\n"))
+        })
+        .collect();
+    format!(
+        "Apply failed with {} conflicts: {}",
+        causes.len(),
+        groups.join("\n")
+    )
+}
+
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
@@ -169,15 +203,9 @@ impl ApiError {
                 details(t),
             ),
             ApiError::ApplyConflict { target, causes } => {
-                let msgs: Vec<String> = causes.iter().map(|c| c.message.clone()).collect();
-                let message = if msgs.len() == 1 {
-                    format!("Apply failed with 1 conflict: {}", msgs[0])
-                } else {
-                    format!("Apply failed with {} conflicts: {}", msgs.len(), msgs.join("\n"))
-                };
                 let mut d = details(target);
                 d["causes"] = json!(causes);
-                (409, "Conflict", message, d)
+                (409, "Conflict", apply_conflict_message(causes), d)
             }
             ApiError::Invalid { target, causes } => {
                 let parts: Vec<String> = causes
@@ -332,7 +360,10 @@ mod tests {
     fn invalid_with_several_causes_lists_them_in_brackets() {
         let err = ApiError::Invalid {
             target: t("", "pods", "Pod", "p"),
-            causes: vec![Cause::required("spec.containers"), Cause::required("metadata.name")],
+            causes: vec![
+                Cause::required("spec.containers"),
+                Cause::required("metadata.name"),
+            ],
         };
         let s = err.status();
         assert_eq!(s["message"], "Pod \"p\" is invalid: [spec.containers: Required value, metadata.name: Required value]");

@@ -89,7 +89,9 @@ fn json_path(path: &serde_ignored::Path<'_>) -> String {
                 format!("{p}.{key}")
             }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => json_path(parent),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => json_path(parent),
     }
 }
 
@@ -151,7 +153,8 @@ impl Kind {
 
     /// Whether `field` can be used in a field selector on this kind.
     pub fn supports_field(&self, field: &str) -> bool {
-        matches!(field, "metadata.name" | "metadata.namespace") || self.field_selectors.contains(&field)
+        matches!(field, "metadata.name" | "metadata.namespace")
+            || self.field_selectors.contains(&field)
     }
 }
 
@@ -187,63 +190,260 @@ use Subresource::{Binding, Scale, Status};
 
 /// Every kind kith serves, in discovery order.
 pub static KINDS: &[Kind] = &[
-    Kind { group: "", version: "v1", kind: "Namespace", plural: "namespaces", singular: "namespace", namespaced: false,
-        short_names: &["ns"], categories: &[], subresources: &[Status], field_selectors: &["status.phase"],
-        typed: &Typed::<core::v1::Namespace>::NEW },
-    Kind { group: "", version: "v1", kind: "Pod", plural: "pods", singular: "pod", namespaced: true,
-        short_names: &["po"], categories: ALL, subresources: &[Status, Binding], field_selectors: POD_FIELDS,
-        typed: &Typed::<core::v1::Pod>::NEW },
-    Kind { group: "", version: "v1", kind: "Node", plural: "nodes", singular: "node", namespaced: false,
-        short_names: &["no"], categories: &[], subresources: &[Status], field_selectors: &["spec.unschedulable"],
-        typed: &Typed::<core::v1::Node>::NEW },
-    Kind { group: "", version: "v1", kind: "Service", plural: "services", singular: "service", namespaced: true,
-        short_names: &["svc"], categories: ALL, subresources: &[Status], field_selectors: &["spec.clusterIP", "spec.type"],
-        typed: &Typed::<core::v1::Service>::NEW },
-    Kind { group: "", version: "v1", kind: "Endpoints", plural: "endpoints", singular: "endpoints", namespaced: true,
-        short_names: &["ep"], categories: &[], subresources: &[], field_selectors: &[],
-        typed: &Typed::<core::v1::Endpoints>::NEW },
-    Kind { group: "", version: "v1", kind: "ConfigMap", plural: "configmaps", singular: "configmap", namespaced: true,
-        short_names: &["cm"], categories: &[], subresources: &[], field_selectors: &[],
-        typed: &Typed::<core::v1::ConfigMap>::NEW },
-    Kind { group: "", version: "v1", kind: "Secret", plural: "secrets", singular: "secret", namespaced: true,
-        short_names: &[], categories: &[], subresources: &[], field_selectors: &["type"],
-        typed: &Typed::<core::v1::Secret>::NEW },
-    Kind { group: "", version: "v1", kind: "Event", plural: "events", singular: "event", namespaced: true,
-        short_names: &["ev"], categories: &[], subresources: &[], field_selectors: EVENT_FIELDS,
-        typed: &Typed::<core::v1::Event>::NEW },
-    Kind { group: "", version: "v1", kind: "ServiceAccount", plural: "serviceaccounts", singular: "serviceaccount", namespaced: true,
-        short_names: &["sa"], categories: &[], subresources: &[], field_selectors: &[],
-        typed: &Typed::<core::v1::ServiceAccount>::NEW },
-    Kind { group: "", version: "v1", kind: "PersistentVolumeClaim", plural: "persistentvolumeclaims", singular: "persistentvolumeclaim", namespaced: true,
-        short_names: &["pvc"], categories: &[], subresources: &[Status], field_selectors: &[],
-        typed: &Typed::<core::v1::PersistentVolumeClaim>::NEW },
-    Kind { group: "apps", version: "v1", kind: "Deployment", plural: "deployments", singular: "deployment", namespaced: true,
-        short_names: &["deploy"], categories: ALL, subresources: &[Status, Scale], field_selectors: &[],
-        typed: &Typed::<apps::v1::Deployment>::NEW },
-    Kind { group: "apps", version: "v1", kind: "ReplicaSet", plural: "replicasets", singular: "replicaset", namespaced: true,
-        short_names: &["rs"], categories: ALL, subresources: &[Status, Scale], field_selectors: &[],
-        typed: &Typed::<apps::v1::ReplicaSet>::NEW },
-    Kind { group: "apps", version: "v1", kind: "DaemonSet", plural: "daemonsets", singular: "daemonset", namespaced: true,
-        short_names: &["ds"], categories: ALL, subresources: &[Status], field_selectors: &[],
-        typed: &Typed::<apps::v1::DaemonSet>::NEW },
-    Kind { group: "apps", version: "v1", kind: "StatefulSet", plural: "statefulsets", singular: "statefulset", namespaced: true,
-        short_names: &["sts"], categories: ALL, subresources: &[Status, Scale], field_selectors: &[],
-        typed: &Typed::<apps::v1::StatefulSet>::NEW },
-    Kind { group: "batch", version: "v1", kind: "Job", plural: "jobs", singular: "job", namespaced: true,
-        short_names: &[], categories: ALL, subresources: &[Status], field_selectors: &["status.successful"],
-        typed: &Typed::<batch::v1::Job>::NEW },
-    Kind { group: "batch", version: "v1", kind: "CronJob", plural: "cronjobs", singular: "cronjob", namespaced: true,
-        short_names: &["cj"], categories: ALL, subresources: &[Status], field_selectors: &[],
-        typed: &Typed::<batch::v1::CronJob>::NEW },
-    Kind { group: "coordination.k8s.io", version: "v1", kind: "Lease", plural: "leases", singular: "lease", namespaced: true,
-        short_names: &[], categories: &[], subresources: &[], field_selectors: &[],
-        typed: &Typed::<coordination::v1::Lease>::NEW },
-    Kind { group: "events.k8s.io", version: "v1", kind: "Event", plural: "events", singular: "event", namespaced: true,
-        short_names: &["ev"], categories: &[], subresources: &[], field_selectors: &["reason", "type", "regarding.kind", "regarding.name", "regarding.namespace", "regarding.uid"],
-        typed: &Typed::<events::v1::Event>::NEW },
-    Kind { group: "discovery.k8s.io", version: "v1", kind: "EndpointSlice", plural: "endpointslices", singular: "endpointslice", namespaced: true,
-        short_names: &[], categories: &[], subresources: &[], field_selectors: &[],
-        typed: &Typed::<discovery::v1::EndpointSlice>::NEW },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        categories: &[],
+        subresources: &[Status],
+        field_selectors: &["status.phase"],
+        typed: &Typed::<core::v1::Namespace>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        categories: ALL,
+        subresources: &[Status, Binding],
+        field_selectors: POD_FIELDS,
+        typed: &Typed::<core::v1::Pod>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        categories: &[],
+        subresources: &[Status],
+        field_selectors: &["spec.unschedulable"],
+        typed: &Typed::<core::v1::Node>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: ALL,
+        subresources: &[Status],
+        field_selectors: &["spec.clusterIP", "spec.type"],
+        typed: &Typed::<core::v1::Service>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        typed: &Typed::<core::v1::Endpoints>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        typed: &Typed::<core::v1::ConfigMap>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &["type"],
+        typed: &Typed::<core::v1::Secret>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: EVENT_FIELDS,
+        typed: &Typed::<core::v1::Event>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        namespaced: true,
+        short_names: &["sa"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        typed: &Typed::<core::v1::ServiceAccount>::NEW,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        kind: "PersistentVolumeClaim",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        namespaced: true,
+        short_names: &["pvc"],
+        categories: &[],
+        subresources: &[Status],
+        field_selectors: &[],
+        typed: &Typed::<core::v1::PersistentVolumeClaim>::NEW,
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: ALL,
+        subresources: &[Status, Scale],
+        field_selectors: &[],
+        typed: &Typed::<apps::v1::Deployment>::NEW,
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: ALL,
+        subresources: &[Status, Scale],
+        field_selectors: &[],
+        typed: &Typed::<apps::v1::ReplicaSet>::NEW,
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: ALL,
+        subresources: &[Status],
+        field_selectors: &[],
+        typed: &Typed::<apps::v1::DaemonSet>::NEW,
+    },
+    Kind {
+        group: "apps",
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        namespaced: true,
+        short_names: &["sts"],
+        categories: ALL,
+        subresources: &[Status, Scale],
+        field_selectors: &[],
+        typed: &Typed::<apps::v1::StatefulSet>::NEW,
+    },
+    Kind {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: &[],
+        categories: ALL,
+        subresources: &[Status],
+        field_selectors: &["status.successful"],
+        typed: &Typed::<batch::v1::Job>::NEW,
+    },
+    Kind {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: ALL,
+        subresources: &[Status],
+        field_selectors: &[],
+        typed: &Typed::<batch::v1::CronJob>::NEW,
+    },
+    Kind {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        typed: &Typed::<coordination::v1::Lease>::NEW,
+    },
+    Kind {
+        group: "events.k8s.io",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[
+            "reason",
+            "type",
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "regarding.uid",
+        ],
+        typed: &Typed::<events::v1::Event>::NEW,
+    },
+    Kind {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        typed: &Typed::<discovery::v1::EndpointSlice>::NEW,
+    },
 ];
 
 /// Look up a kind by group, version and plural (or singular) resource name.
@@ -255,7 +455,9 @@ pub fn by_resource(group: &str, version: &str, resource: &str) -> Option<&'stati
 
 /// Look up a kind by apiVersion and kind, as written in an object.
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Kind> {
-    KINDS.iter().find(|k| k.api_version() == api_version && k.kind == kind)
+    KINDS
+        .iter()
+        .find(|k| k.api_version() == api_version && k.kind == kind)
 }
 
 /// The (group, version) pairs served, in discovery order, core first.
@@ -277,17 +479,29 @@ mod tests {
     #[test]
     fn every_kind_is_found_by_resource_and_by_kind() {
         for k in KINDS {
-            assert!(std::ptr::eq(by_resource(k.group, k.version, k.plural).unwrap(), k));
-            assert!(std::ptr::eq(by_kind(&k.api_version(), k.kind).unwrap(), k), "{k:?}");
+            assert!(std::ptr::eq(
+                by_resource(k.group, k.version, k.plural).unwrap(),
+                k
+            ));
+            assert!(
+                std::ptr::eq(by_kind(&k.api_version(), k.kind).unwrap(), k),
+                "{k:?}"
+            );
         }
         assert!(by_resource("apps", "v1", "pods").is_none());
     }
 
     #[test]
     fn schema_names_are_the_kubernetes_definition_names() {
-        assert_eq!(by_kind("v1", "Pod").unwrap().typed.schema_name(), "io.k8s.api.core.v1.Pod");
         assert_eq!(
-            by_kind("apps/v1", "Deployment").unwrap().typed.schema_name(),
+            by_kind("v1", "Pod").unwrap().typed.schema_name(),
+            "io.k8s.api.core.v1.Pod"
+        );
+        assert_eq!(
+            by_kind("apps/v1", "Deployment")
+                .unwrap()
+                .typed
+                .schema_name(),
             "io.k8s.api.apps.v1.Deployment"
         );
     }
@@ -299,8 +513,18 @@ mod tests {
         let d = by_kind("v1", "Pod").unwrap().typed.decode(pod).unwrap();
         let mut u = d.unknown.clone();
         u.sort();
-        assert_eq!(u, ["extra", "metadata.bogus", "spec.containers[0].imagePullPolicyy"]);
-        assert!(d.object.get("extra").is_none(), "unknown fields are dropped");
+        assert_eq!(
+            u,
+            [
+                "extra",
+                "metadata.bogus",
+                "spec.containers[0].imagePullPolicyy"
+            ]
+        );
+        assert!(
+            d.object.get("extra").is_none(),
+            "unknown fields are dropped"
+        );
         assert_eq!(d.object["spec"]["containers"][0]["image"], "i");
     }
 
@@ -308,7 +532,11 @@ mod tests {
     fn decode_rejects_wrong_types() {
         let bad = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"replicas": "three", "selector": {}, "template": {}}});
-        let err = by_kind("apps/v1", "Deployment").unwrap().typed.decode(bad).unwrap_err();
+        let err = by_kind("apps/v1", "Deployment")
+            .unwrap()
+            .typed
+            .decode(bad)
+            .unwrap_err();
         assert!(err.contains("invalid type"), "{err}");
     }
 }

@@ -11,13 +11,21 @@ use crate::kinds::{self, Kind};
 pub enum Route {
     Version,
     /// `/api` (core) or `/apis`.
-    Discovery { core: bool },
+    Discovery {
+        core: bool,
+    },
     /// `/apis/<group>`.
     Group(String),
     /// `/api/v1`, `/apis/<group>/<version>`.
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
     OpenApiIndex,
-    OpenApiDoc { group: String, version: String },
+    OpenApiDoc {
+        group: String,
+        version: String,
+    },
     Health,
     Resource(ResourceRoute),
 }
@@ -35,7 +43,11 @@ pub struct ResourceRoute {
 /// Decide the route of `path` (already percent-decoded segments are not needed: names are
 /// DNS labels/subdomains and never contain escapes).
 pub fn route(path: &str) -> Result<Route, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Ok(Route::Version),
         ["livez"] | ["readyz"] | ["healthz"] => Ok(Route::Health),
@@ -43,11 +55,23 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["api"] => Ok(Route::Discovery { core: true }),
         ["apis"] => Ok(Route::Discovery { core: false }),
         ["openapi", "v3"] => Ok(Route::OpenApiIndex),
-        ["openapi", "v3", "api", v] => Ok(Route::OpenApiDoc { group: String::new(), version: v.to_string() }),
-        ["openapi", "v3", "apis", g, v] => Ok(Route::OpenApiDoc { group: g.to_string(), version: v.to_string() }),
+        ["openapi", "v3", "api", v] => Ok(Route::OpenApiDoc {
+            group: String::new(),
+            version: v.to_string(),
+        }),
+        ["openapi", "v3", "apis", g, v] => Ok(Route::OpenApiDoc {
+            group: g.to_string(),
+            version: v.to_string(),
+        }),
         ["apis", g] => Ok(Route::Group(g.to_string())),
-        ["api", v] => Ok(Route::ResourceList { group: String::new(), version: v.to_string() }),
-        ["apis", g, v] => Ok(Route::ResourceList { group: g.to_string(), version: v.to_string() }),
+        ["api", v] => Ok(Route::ResourceList {
+            group: String::new(),
+            version: v.to_string(),
+        }),
+        ["apis", g, v] => Ok(Route::ResourceList {
+            group: g.to_string(),
+            version: v.to_string(),
+        }),
         ["api", v, rest @ ..] => resource_route("", v, rest),
         ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
         _ => Err(ApiError::NoRoute),
@@ -66,7 +90,9 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
     };
     match rest {
         // namespaces/{ns}/{resource}[/{name}[/{sub}]] — unless {resource} is a namespace subresource.
-        ["namespaces", ns, res, tail @ ..] if kinds::by_resource(group, version, res).is_some_and(|k| k.namespaced) => {
+        ["namespaces", ns, res, tail @ ..]
+            if kinds::by_resource(group, version, res).is_some_and(|k| k.namespaced) =>
+        {
             let kind = find(res)?;
             match tail {
                 [] => r(kind, Some(ns), None, None),
@@ -133,7 +159,9 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
         match v {
             "true" | "1" | "" => Ok(true),
             "false" | "0" => Ok(false),
-            _ => Err(ApiError::BadRequest(format!("invalid value {v:?} for {k}: expected true or false"))),
+            _ => Err(ApiError::BadRequest(format!(
+                "invalid value {v:?} for {k}: expected true or false"
+            ))),
         }
     };
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -162,7 +190,11 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
             "dryRun" => match v.as_str() {
                 "All" => q.dry_run = true,
                 "" => {}
-                other => return Err(ApiError::BadRequest(format!("unsupported dry run value {other:?}, only 'All' is supported"))),
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unsupported dry run value {other:?}, only 'All' is supported"
+                    )))
+                }
             },
             "fieldManager" => q.field_manager = Some(v).filter(|s| !s.is_empty()),
             "fieldValidation" => {
@@ -179,10 +211,9 @@ pub fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
             }
             "force" => q.force = bool_of("force", &v)?,
             "gracePeriodSeconds" => {
-                q.grace_period_seconds = Some(
-                    v.parse()
-                        .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {v:?}")))?,
-                )
+                q.grace_period_seconds = Some(v.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid gracePeriodSeconds {v:?}"))
+                })?)
             }
             "propagationPolicy" => q.propagation_policy = Some(v).filter(|s| !s.is_empty()),
             "pretty" => q.pretty = bool_of("pretty", &v)?,
@@ -199,7 +230,12 @@ mod tests {
 
     fn res(path: &str) -> (String, Option<String>, Option<String>, Option<String>) {
         match route(path).unwrap() {
-            Route::Resource(r) => (r.kind.plural.to_string(), r.namespace, r.name, r.subresource),
+            Route::Resource(r) => (
+                r.kind.plural.to_string(),
+                r.namespace,
+                r.name,
+                r.subresource,
+            ),
             other => panic!("{path}: {other:?}"),
         }
     }
@@ -210,16 +246,43 @@ mod tests {
         type Want = (&'static str, Option<String>, Option<String>, Option<String>);
         let cases: [(&str, Want); 11] = [
             ("/api/v1/pods", ("pods", None, None, None)),
-            ("/api/v1/namespaces/default/pods", ("pods", s("default"), None, None)),
-            ("/api/v1/namespaces/default/pods/p", ("pods", s("default"), s("p"), None)),
-            ("/api/v1/namespaces/default/pods/p/status", ("pods", s("default"), s("p"), s("status"))),
+            (
+                "/api/v1/namespaces/default/pods",
+                ("pods", s("default"), None, None),
+            ),
+            (
+                "/api/v1/namespaces/default/pods/p",
+                ("pods", s("default"), s("p"), None),
+            ),
+            (
+                "/api/v1/namespaces/default/pods/p/status",
+                ("pods", s("default"), s("p"), s("status")),
+            ),
             ("/api/v1/namespaces", ("namespaces", None, None, None)),
-            ("/api/v1/namespaces/kube-system", ("namespaces", None, s("kube-system"), None)),
-            ("/api/v1/namespaces/x/status", ("namespaces", None, s("x"), s("status"))),
-            ("/api/v1/namespaces/x/finalize", ("namespaces", None, s("x"), s("finalize"))),
-            ("/api/v1/nodes/n1/status", ("nodes", None, s("n1"), s("status"))),
-            ("/apis/apps/v1/namespaces/a/deployments/d/scale", ("deployments", s("a"), s("d"), s("scale"))),
-            ("/apis/apps/v1/deployments", ("deployments", None, None, None)),
+            (
+                "/api/v1/namespaces/kube-system",
+                ("namespaces", None, s("kube-system"), None),
+            ),
+            (
+                "/api/v1/namespaces/x/status",
+                ("namespaces", None, s("x"), s("status")),
+            ),
+            (
+                "/api/v1/namespaces/x/finalize",
+                ("namespaces", None, s("x"), s("finalize")),
+            ),
+            (
+                "/api/v1/nodes/n1/status",
+                ("nodes", None, s("n1"), s("status")),
+            ),
+            (
+                "/apis/apps/v1/namespaces/a/deployments/d/scale",
+                ("deployments", s("a"), s("d"), s("scale")),
+            ),
+            (
+                "/apis/apps/v1/deployments",
+                ("deployments", None, None, None),
+            ),
         ];
         for (path, (plural, ns, name, sub)) in cases {
             assert_eq!(res(path), (plural.to_string(), ns, name, sub), "{path}");
@@ -234,13 +297,25 @@ mod tests {
         assert_eq!(route("/readyz").unwrap(), Route::Health);
         assert_eq!(
             route("/apis/apps/v1").unwrap(),
-            Route::ResourceList { group: "apps".into(), version: "v1".into() }
+            Route::ResourceList {
+                group: "apps".into(),
+                version: "v1".into()
+            }
         );
         assert_eq!(
             route("/openapi/v3/apis/apps/v1").unwrap(),
-            Route::OpenApiDoc { group: "apps".into(), version: "v1".into() }
+            Route::OpenApiDoc {
+                group: "apps".into(),
+                version: "v1".into()
+            }
         );
-        for bad in ["/api/v1/nosuch", "/apis/apps/v1/pods", "/api/v1/pods/x", "/foo", "/api/v1/namespaces/a/pods/p/status/extra"] {
+        for bad in [
+            "/api/v1/nosuch",
+            "/apis/apps/v1/pods",
+            "/api/v1/pods/x",
+            "/foo",
+            "/api/v1/namespaces/a/pods/p/status/extra",
+        ] {
             assert_eq!(route(bad).unwrap_err(), ApiError::NoRoute, "{bad}");
         }
     }
@@ -257,8 +332,17 @@ mod tests {
         assert_eq!(q.resource_version.as_deref(), Some("12"));
         assert_eq!(q.field_validation, FieldValidation::Strict);
         assert_eq!(q.timeout, Some(Duration::from_secs(290)));
-        for bad in ["limit=x", "watch=maybe", "dryRun=Some", "fieldValidation=Loud", "timeoutSeconds=-1"] {
-            assert!(matches!(parse_query(Some(bad)), Err(ApiError::BadRequest(_))), "{bad}");
+        for bad in [
+            "limit=x",
+            "watch=maybe",
+            "dryRun=Some",
+            "fieldValidation=Loud",
+            "timeoutSeconds=-1",
+        ] {
+            assert!(
+                matches!(parse_query(Some(bad)), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
         }
     }
 }

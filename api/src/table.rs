@@ -1857,6 +1857,44 @@ mod tests {
         assert_eq!(t["rows"][0]["conditions"][0]["type"], "Completed");
     }
 
+    /// Writes Tables of sample objects to `$KITH_DUMP_TABLES`, keyed by collection path,
+    /// for e2e/scripts/discovery-check.py to serve to real kubectl (`kubectl get`).
+    #[test]
+    #[ignore = "writes a file; run by e2e/scripts/discovery-check.py"]
+    fn dump_tables() {
+        let Ok(path) = std::env::var("KITH_DUMP_TABLES") else {
+            return;
+        };
+        let crash = json!({
+            "metadata": {"name": "crashy", "namespace": "default", "creationTimestamp": "2025-06-01T10:00:00Z"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": false, "restartCount": 5,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2025-06-01T11:55:00Z"}}}]}
+        });
+        let svc = json!({
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2025-06-01T11:59:15Z"},
+            "spec": {"type": "NodePort", "clusterIP": "10.43.0.12", "selector": {"app": "web"},
+                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}
+        });
+        let deploy = json!({
+            "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2025-06-01T07:00:00Z"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}},
+            "status": {"replicas": 4, "updatedReplicas": 2, "readyReplicas": 3, "availableReplicas": 3}
+        });
+        let meta = json!({"resourceVersion": "7"});
+        let doc = json!({
+            "/api/v1/namespaces/default/pods":
+                table(kind("v1", "Pod"), &[running_pod_one_of_two_ready(), crash], IncludeObject::Metadata, meta.clone(), now()),
+            "/api/v1/namespaces/default/services":
+                table(kind("v1", "Service"), &[svc], IncludeObject::Metadata, meta.clone(), now()),
+            "/apis/apps/v1/namespaces/default/deployments":
+                table(kind("apps/v1", "Deployment"), &[deploy], IncludeObject::Metadata, meta, now()),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    }
+
     #[test]
     fn include_object_parses_the_three_values_only() {
         assert_eq!("None".parse(), Ok(IncludeObject::None));

@@ -39,7 +39,8 @@ pub fn is_dns1035_label(s: &str) -> bool {
 fn is_qualified_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -71,7 +72,11 @@ pub fn name_problem(kind: &Kind, field: &str, name: &str) -> Option<Cause> {
         return None;
     }
     if name.len() > 253 || (name_rule(kind) != NameRule::Subdomain && name.len() > 63) {
-        let max = if name_rule(kind) == NameRule::Subdomain { 253 } else { 63 };
+        let max = if name_rule(kind) == NameRule::Subdomain {
+            253
+        } else {
+            63
+        };
         return Some(Cause::new(
             "FieldValueInvalid",
             field,
@@ -98,7 +103,9 @@ fn label_key_problems(field: &str, key: &str, out: &mut Vec<Cause>) {
 }
 
 fn labels_problems(field: &str, labels: &Value, values_checked: bool, out: &mut Vec<Cause>) {
-    let Some(map) = labels.as_object() else { return };
+    let Some(map) = labels.as_object() else {
+        return;
+    };
     for (k, v) in map {
         label_key_problems(field, k, out);
         if values_checked {
@@ -111,7 +118,9 @@ fn labels_problems(field: &str, labels: &Value, values_checked: bool, out: &mut 
 }
 
 fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, k| v.get(k)).filter(|v| !v.is_null())
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .filter(|v| !v.is_null())
 }
 
 fn nonempty_array(v: Option<&Value>) -> bool {
@@ -123,7 +132,11 @@ pub fn validate(kind: &Kind, object: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
     let meta = object.get("metadata").cloned().unwrap_or(Value::Null);
     match meta.get("name").and_then(Value::as_str) {
-        None | Some("") => out.push(Cause::new("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")),
+        None | Some("") => out.push(Cause::new(
+            "FieldValueRequired",
+            "metadata.name",
+            "Required value: name or generateName is required",
+        )),
         Some(name) => out.extend(name_problem(kind, "metadata.name", name)),
     }
     if let Some(labels) = meta.get("labels") {
@@ -133,27 +146,43 @@ pub fn validate(kind: &Kind, object: &Value) -> Vec<Cause> {
         labels_problems("metadata.annotations", ann, false, &mut out);
         let size: usize = ann
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum()
+            })
             .unwrap_or(0);
         if size > 256 * 1024 {
-            out.push(Cause::new("FieldValueTooLong", "metadata.annotations", "Too long: must have at most 262144 bytes"));
+            out.push(Cause::new(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+            ));
         }
     }
     match (kind.group, kind.kind) {
         ("", "Pod") => pod_spec("spec", object.get("spec"), &mut out),
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => workload(object, &mut out),
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
+            workload(object, &mut out)
+        }
         ("batch", "Job") => job_spec("spec", object.get("spec"), &mut out),
         ("batch", "CronJob") => {
             match get(object, &["spec", "schedule"]).and_then(Value::as_str) {
                 None | Some("") => out.push(Cause::required("spec.schedule")),
-                Some(s) if s.split_whitespace().count() != 5 && !s.starts_with('@') => out.push(Cause::invalid(
-                    "spec.schedule",
-                    s,
-                    "unparseable schedule: expected exactly 5 fields",
-                )),
+                Some(s) if s.split_whitespace().count() != 5 && !s.starts_with('@') => {
+                    out.push(Cause::invalid(
+                        "spec.schedule",
+                        s,
+                        "unparseable schedule: expected exactly 5 fields",
+                    ))
+                }
                 _ => {}
             }
-            job_spec("spec.jobTemplate.spec", get(object, &["spec", "jobTemplate", "spec"]), &mut out);
+            job_spec(
+                "spec.jobTemplate.spec",
+                get(object, &["spec", "jobTemplate", "spec"]),
+                &mut out,
+            );
         }
         ("", "Service") => service(object, &mut out),
         ("", "ConfigMap") => {
@@ -162,7 +191,11 @@ pub fn validate(kind: &Kind, object: &Value) -> Vec<Cause> {
         ("", "Secret") => data_keys(object, &["data", "stringData"], &mut out),
         ("", "PersistentVolumeClaim") => {
             if !nonempty_array(get(object, &["spec", "accessModes"])) {
-                out.push(Cause::new("FieldValueRequired", "spec.accessModes", "Required value: at least 1 access mode is required"));
+                out.push(Cause::new(
+                    "FieldValueRequired",
+                    "spec.accessModes",
+                    "Required value: at least 1 access mode is required",
+                ));
             }
             if get(object, &["spec", "resources", "requests", "storage"]).is_none() {
                 out.push(Cause::required("spec.resources[storage]"));
@@ -183,7 +216,10 @@ fn data_keys(object: &Value, fields: &[&str], out: &mut Vec<Cause>) {
     for f in fields {
         if let Some(map) = object.get(*f).and_then(Value::as_object) {
             for (k, v) in map {
-                let ok = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                let ok = !k.is_empty()
+                    && k.len() <= 253
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
                 if !ok {
                     out.push(Cause::invalid(&format!("{f}[{k}]"), k, KEY_MSG));
                 }
@@ -192,7 +228,11 @@ fn data_keys(object: &Value, fields: &[&str], out: &mut Vec<Cause>) {
         }
     }
     if total > MAX_DATA_BYTES {
-        out.push(Cause::new("FieldValueTooLong", "", format!("Too long: must have at most {MAX_DATA_BYTES} bytes")));
+        out.push(Cause::new(
+            "FieldValueTooLong",
+            "",
+            format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+        ));
     }
 }
 
@@ -206,7 +246,13 @@ fn pod_spec(at: &str, spec: Option<&Value>, out: &mut Vec<Cause>) {
     }
     let mut seen = std::collections::HashSet::new();
     for list in ["initContainers", "containers"] {
-        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let f = format!("{at}.{list}[{i}]");
             match c.get("name").and_then(Value::as_str) {
                 None | Some("") => out.push(Cause::required(&format!("{f}.name"))),
@@ -214,14 +260,27 @@ fn pod_spec(at: &str, spec: Option<&Value>, out: &mut Vec<Cause>) {
                     if !is_dns1123_label(n) {
                         out.push(Cause::invalid(&format!("{f}.name"), n, LABEL_MSG));
                     } else if !seen.insert(n.to_string()) {
-                        out.push(Cause::new("FieldValueDuplicate", &format!("{f}.name"), format!("Duplicate value: \"{n}\"")));
+                        out.push(Cause::new(
+                            "FieldValueDuplicate",
+                            &format!("{f}.name"),
+                            format!("Duplicate value: \"{n}\""),
+                        ));
                     }
                 }
             }
-            if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 out.push(Cause::required(&format!("{f}.image")));
             }
-            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&port) {
                     out.push(Cause::invalid(
@@ -258,7 +317,9 @@ fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> bool {
 fn workload(object: &Value, out: &mut Vec<Cause>) {
     let selector = get(object, &["spec", "selector"]);
     let empty = selector.is_none_or(|s| {
-        s.get("matchLabels").and_then(Value::as_object).is_none_or(Map::is_empty)
+        s.get("matchLabels")
+            .and_then(Value::as_object)
+            .is_none_or(Map::is_empty)
             && !nonempty_array(s.get("matchExpressions"))
     });
     if empty {
@@ -266,7 +327,11 @@ fn workload(object: &Value, out: &mut Vec<Cause>) {
     }
     if let Some(r) = get(object, &["spec", "replicas"]).and_then(Value::as_i64) {
         if r < 0 {
-            out.push(Cause::invalid("spec.replicas", &r.to_string(), "must be greater than or equal to 0"));
+            out.push(Cause::invalid(
+                "spec.replicas",
+                &r.to_string(),
+                "must be greater than or equal to 0",
+            ));
         }
     }
     let labels = get(object, &["spec", "template", "metadata", "labels"])
@@ -282,9 +347,15 @@ fn workload(object: &Value, out: &mut Vec<Cause>) {
             ));
         }
     }
-    pod_spec("spec.template.spec", get(object, &["spec", "template", "spec"]), out);
+    pod_spec(
+        "spec.template.spec",
+        get(object, &["spec", "template", "spec"]),
+        out,
+    );
     if object.get("kind").and_then(Value::as_str) != Some("Job") {
-        if let Some(rp) = get(object, &["spec", "template", "spec", "restartPolicy"]).and_then(Value::as_str) {
+        if let Some(rp) =
+            get(object, &["spec", "template", "spec", "restartPolicy"]).and_then(Value::as_str)
+        {
             if rp != "Always" {
                 out.push(Cause::new(
                     "FieldValueNotSupported",
@@ -299,7 +370,10 @@ fn workload(object: &Value, out: &mut Vec<Cause>) {
 fn job_spec(at: &str, spec: Option<&Value>, out: &mut Vec<Cause>) {
     let template_spec = spec.and_then(|s| get(s, &["template", "spec"]));
     pod_spec(&format!("{at}.template.spec"), template_spec, out);
-    match template_spec.and_then(|s| s.get("restartPolicy")).and_then(Value::as_str) {
+    match template_spec
+        .and_then(|s| s.get("restartPolicy"))
+        .and_then(Value::as_str)
+    {
         Some("OnFailure" | "Never") => {}
         _ => out.push(Cause::new(
             "FieldValueRequired",
@@ -310,7 +384,11 @@ fn job_spec(at: &str, spec: Option<&Value>, out: &mut Vec<Cause>) {
     for f in ["parallelism", "completions", "backoffLimit"] {
         if let Some(n) = spec.and_then(|s| s.get(f)).and_then(Value::as_i64) {
             if n < 0 {
-                out.push(Cause::invalid(&format!("{at}.{f}"), &n.to_string(), "must be greater than or equal to 0"));
+                out.push(Cause::invalid(
+                    &format!("{at}.{f}"),
+                    &n.to_string(),
+                    "must be greater than or equal to 0",
+                ));
             }
         }
     }
@@ -318,8 +396,13 @@ fn job_spec(at: &str, spec: Option<&Value>, out: &mut Vec<Cause>) {
 
 fn service(object: &Value, out: &mut Vec<Cause>) {
     let headless = get(object, &["spec", "clusterIP"]).and_then(Value::as_str) == Some("None");
-    let typ = get(object, &["spec", "type"]).and_then(Value::as_str).unwrap_or("ClusterIP");
-    let ports = get(object, &["spec", "ports"]).and_then(Value::as_array).cloned().unwrap_or_default();
+    let typ = get(object, &["spec", "type"])
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let ports = get(object, &["spec", "ports"])
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && !headless && typ != "ExternalName" {
         out.push(Cause::required("spec.ports"));
     }
@@ -327,17 +410,28 @@ fn service(object: &Value, out: &mut Vec<Cause>) {
     for (i, p) in ports.iter().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            out.push(Cause::invalid(&format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+            out.push(Cause::invalid(
+                &format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         let name = p.get("name").and_then(Value::as_str).unwrap_or("");
         if ports.len() > 1 && name.is_empty() {
             out.push(Cause::required(&format!("spec.ports[{i}].name")));
         }
         if !name.is_empty() && !names.insert(name.to_string()) {
-            out.push(Cause::new("FieldValueDuplicate", &format!("spec.ports[{i}].name"), format!("Duplicate value: \"{name}\"")));
+            out.push(Cause::new(
+                "FieldValueDuplicate",
+                &format!("spec.ports[{i}].name"),
+                format!("Duplicate value: \"{name}\""),
+            ));
         }
     }
-    if !matches!(typ, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        typ,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         out.push(Cause::new(
             "FieldValueNotSupported",
             "spec.type",
@@ -375,7 +469,11 @@ mod tests {
             (svc, "abc-1", true),
         ];
         for (k, name, ok) in cases {
-            assert_eq!(name_problem(k, "metadata.name", name).is_none(), ok, "{k:?} {name}");
+            assert_eq!(
+                name_problem(k, "metadata.name", name).is_none(),
+                ok,
+                "{k:?} {name}"
+            );
         }
         let long = "a".repeat(254);
         let c = name_problem(cm, "metadata.name", &long).unwrap();
@@ -385,12 +483,20 @@ mod tests {
     #[test]
     fn required_fields_per_kind() {
         let table: Vec<(&str, &str, Value, Vec<&str>)> = vec![
-            ("v1", "Pod", json!({"metadata": {"name": "p"}, "spec": {"containers": []}}), vec!["spec.containers FieldValueRequired"]),
+            (
+                "v1",
+                "Pod",
+                json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+                vec!["spec.containers FieldValueRequired"],
+            ),
             (
                 "v1",
                 "Pod",
                 json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "a"}]}}),
-                vec!["spec.containers[1].name FieldValueDuplicate", "spec.containers[1].image FieldValueRequired"],
+                vec![
+                    "spec.containers[1].name FieldValueDuplicate",
+                    "spec.containers[1].image FieldValueRequired",
+                ],
             ),
             (
                 "apps/v1",
@@ -405,10 +511,33 @@ mod tests {
                 json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Always"}}}}),
                 vec!["spec.template.spec.restartPolicy FieldValueRequired"],
             ),
-            ("v1", "Service", json!({"metadata": {"name": "s"}, "spec": {}}), vec!["spec.ports FieldValueRequired"]),
-            ("v1", "ConfigMap", json!({"metadata": {"name": "c"}, "data": {"bad key": "v"}}), vec!["data[bad key] FieldValueInvalid"]),
-            ("v1", "ConfigMap", json!({"metadata": {"name": "c", "labels": {"app": "ok"}}, "data": {"k": "v"}}), vec![]),
-            ("v1", "ConfigMap", json!({"metadata": {"labels": {"-x": "ok"}}}), vec!["metadata.name FieldValueRequired", "metadata.labels FieldValueInvalid"]),
+            (
+                "v1",
+                "Service",
+                json!({"metadata": {"name": "s"}, "spec": {}}),
+                vec!["spec.ports FieldValueRequired"],
+            ),
+            (
+                "v1",
+                "ConfigMap",
+                json!({"metadata": {"name": "c"}, "data": {"bad key": "v"}}),
+                vec!["data[bad key] FieldValueInvalid"],
+            ),
+            (
+                "v1",
+                "ConfigMap",
+                json!({"metadata": {"name": "c", "labels": {"app": "ok"}}, "data": {"k": "v"}}),
+                vec![],
+            ),
+            (
+                "v1",
+                "ConfigMap",
+                json!({"metadata": {"labels": {"-x": "ok"}}}),
+                vec![
+                    "metadata.name FieldValueRequired",
+                    "metadata.labels FieldValueInvalid",
+                ],
+            ),
         ];
         for (av, k, obj, want) in table {
             assert_eq!(causes(av, k, obj.clone()), want, "{k} {obj}");
@@ -418,7 +547,11 @@ mod tests {
     #[test]
     fn oversized_configmap_data_is_too_long() {
         let big = "x".repeat(MAX_DATA_BYTES + 1);
-        let c = causes("v1", "ConfigMap", json!({"metadata": {"name": "c"}, "data": {"k": big}}));
+        let c = causes(
+            "v1",
+            "ConfigMap",
+            json!({"metadata": {"name": "c"}, "data": {"k": big}}),
+        );
         assert_eq!(c, [" FieldValueTooLong"]);
     }
 }

@@ -1,1 +1,117 @@
-fn main() {}
+//! The `kith` command: `kith up` runs a one-box cluster; `kith token create` prints a
+//! join token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kith_control::up::{self, UpConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "kith",
+    version,
+    about = "A Kubernetes-compatible orchestrator for the edge of the network"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a one-box cluster: control plane of one, API on HTTPS, state under --data-dir.
+    Up {
+        /// Where all state lives (certificates, Raft log, kubeconfig).
+        #[arg(long, default_value = "/var/lib/kith")]
+        data_dir: PathBuf,
+        /// Address the Kubernetes API listens on.
+        #[arg(long, default_value = "0.0.0.0:6443")]
+        listen: SocketAddr,
+        /// How many recent events a watch can resume from (older → 410 Expired).
+        #[arg(long, default_value_t = kith_api::store::state::DEFAULT_HISTORY)]
+        watch_history: usize,
+    },
+    /// Join tokens for agents and control boxes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it.
+    Create {
+        #[arg(long, default_value = "/var/lib/kith")]
+        data_dir: PathBuf,
+        /// How long the token is valid, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Up {
+            data_dir,
+            listen,
+            watch_history,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let cfg = UpConfig {
+                    data_dir,
+                    listen,
+                    watch_history,
+                };
+                up::run(
+                    cfg,
+                    |kubeconfig, url| {
+                        println!("kith is up; the Kubernetes API serves at {url}");
+                        println!("  export KUBECONFIG={}", kubeconfig.display());
+                        println!("  kubectl get namespaces");
+                    },
+                    shutdown_signal(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Token {
+            command: TokenCommand::Create { data_dir, ttl },
+        } => {
+            let ttl = kith_control::pki::parse_ttl(&ttl).context("--ttl")?;
+            let token = kith_control::pki::create_join_token_in(&data_dir, ttl)
+                .with_context(|| format!("creating a join token in {}", data_dir.display()))?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

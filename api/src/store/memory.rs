@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use bytes::Bytes;
 
 use super::state::{Shared, State, DEFAULT_HISTORY};
-use super::{Listing, ObjectKey, ObjectStore, ReadMode, Resource, Result, Watch, WatchFrom, WriteOp};
+use super::{
+    Listing, ObjectKey, ObjectStore, ReadMode, Resource, Result, Watch, WatchFrom, WriteOp,
+};
 
 pub struct MemoryStore {
     shared: Shared,
@@ -42,7 +44,12 @@ impl ObjectStore for MemoryStore {
         self.shared.get(key)
     }
 
-    async fn list(&self, resource: &Resource, namespace: Option<&str>, _mode: ReadMode) -> Result<Listing> {
+    async fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        _mode: ReadMode,
+    ) -> Result<Listing> {
         Ok(self.shared.list(resource, namespace))
     }
 
@@ -52,7 +59,12 @@ impl ObjectStore for MemoryStore {
         self.shared.apply(index, op)
     }
 
-    fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom) -> Result<Watch> {
+    fn watch(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        from: WatchFrom,
+    ) -> Result<Watch> {
         self.shared.watch(resource, namespace, from)
     }
 
@@ -67,6 +79,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_passes_the_suite() {
-        crate::store::suite::run_all(|history| async move { MemoryStore::with_history(history) }).await;
+        crate::store::suite::run_all(|history| async move { MemoryStore::with_history(history) })
+            .await;
     }
 }

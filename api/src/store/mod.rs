@@ -87,7 +87,9 @@ pub enum WriteOp {
 impl WriteOp {
     pub fn key(&self) -> &ObjectKey {
         match self {
-            WriteOp::Create { key, .. } | WriteOp::Update { key, .. } | WriteOp::Delete { key, .. } => key,
+            WriteOp::Create { key, .. }
+            | WriteOp::Update { key, .. }
+            | WriteOp::Delete { key, .. } => key,
         }
     }
 }
@@ -187,7 +189,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Apply one write after it is durable; returns the stored object (with its new
     /// resourceVersion; for a delete, the deleted object).
     fn write(&self, op: WriteOp) -> impl Future<Output = Result<Bytes>> + Send;
-    fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom) -> Result<Watch>;
+    fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom)
+        -> Result<Watch>;
     /// The applied revision.
     fn revision(&self) -> u64;
 }
@@ -208,7 +211,12 @@ impl<S: ObjectStore> ObjectStore for Arc<S> {
     fn write(&self, op: WriteOp) -> impl Future<Output = Result<Bytes>> + Send {
         (**self).write(op)
     }
-    fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom) -> Result<Watch> {
+    fn watch(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        from: WatchFrom,
+    ) -> Result<Watch> {
         (**self).watch(resource, namespace, from)
     }
     fn revision(&self) -> u64 {

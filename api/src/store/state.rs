@@ -52,7 +52,10 @@ impl State {
     }
 
     /// Rebuild from a snapshot's contents.
-    pub fn from_parts(revision: u64, objects: impl IntoIterator<Item = (ObjectKey, Bytes)>) -> Self {
+    pub fn from_parts(
+        revision: u64,
+        objects: impl IntoIterator<Item = (ObjectKey, Bytes)>,
+    ) -> Self {
         State {
             objects: objects.into_iter().collect(),
             revision,
@@ -109,7 +112,11 @@ impl State {
                 };
                 (Ok(json), Some(ev))
             }
-            WriteOp::Update { key, object, expect } => {
+            WriteOp::Update {
+                key,
+                object,
+                expect,
+            } => {
                 let Some(prev) = self.objects.get(&key).cloned() else {
                     return (Err(StoreError::NotFound), None);
                 };
@@ -168,7 +175,10 @@ fn stamp(mut object: Value, revision: u64) -> Result<Bytes> {
     let meta = meta
         .as_object_mut()
         .ok_or_else(|| StoreError::Internal("metadata is not a JSON object".into()))?;
-    meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    meta.insert(
+        "resourceVersion".into(),
+        Value::String(revision.to_string()),
+    );
     serde_json::to_vec(&object)
         .map(Bytes::from)
         .map_err(|e| StoreError::Internal(e.to_string()))
@@ -299,7 +309,11 @@ struct Filter {
 
 impl Filter {
     fn matches(&self, key: &ObjectKey) -> bool {
-        key.resource == self.resource && self.namespace.as_ref().is_none_or(|ns| &key.namespace == ns)
+        key.resource == self.resource
+            && self
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| &key.namespace == ns)
     }
 }
 
@@ -433,7 +447,12 @@ impl Shared {
         }
     }
 
-    pub fn watch(&self, resource: &Resource, namespace: Option<&str>, from: WatchFrom) -> Result<Watch> {
+    pub fn watch(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        from: WatchFrom,
+    ) -> Result<Watch> {
         let g = self.read();
         let filter = Filter {
             resource: resource.clone(),

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{
-    EventType, ObjectKey, ObjectStore, Precondition, ReadMode, Resource, StoreError, WatchFrom, WriteOp,
+    EventType, ObjectKey, ObjectStore, Precondition, ReadMode, Resource, StoreError, WatchFrom,
+    WriteOp,
 };
 
 fn cm() -> Resource {
@@ -37,7 +38,12 @@ fn rv(b: &[u8]) -> u64 {
         .expect("resourceVersion is a number")
 }
 
-async fn create<S: ObjectStore>(s: &S, ns: &str, name: &str, data: &str) -> Result<bytes::Bytes, StoreError> {
+async fn create<S: ObjectStore>(
+    s: &S,
+    ns: &str,
+    name: &str,
+    data: &str,
+) -> Result<bytes::Bytes, StoreError> {
     s.write(WriteOp::Create {
         key: key(ns, name),
         object: obj(ns, name, data),
@@ -71,19 +77,35 @@ pub async fn create_stamps_revision_and_get_returns_it<S: ObjectStore>(s: S) {
     let r = rv(&stored);
     assert!(r > before, "revision {r} must exceed the previous {before}");
     assert_eq!(s.revision(), r, "applied revision is the write's revision");
-    let got = s.get(&key("default", "a"), ReadMode::Linearizable).await.expect("get");
+    let got = s
+        .get(&key("default", "a"), ReadMode::Linearizable)
+        .await
+        .expect("get");
     assert_eq!(parse(&got), parse(&stored));
     assert_eq!(parse(&got)["data"]["v"], "1");
-    let listing = s.list(&cm(), Some("default"), ReadMode::Stale).await.expect("list");
+    let listing = s
+        .list(&cm(), Some("default"), ReadMode::Stale)
+        .await
+        .expect("list");
     assert_eq!(listing.revision, r);
 }
 
 pub async fn create_twice_is_already_exists<S: ObjectStore>(s: S) {
     create(&s, "default", "a", "1").await.expect("create");
     let rev = s.revision();
-    assert_eq!(create(&s, "default", "a", "2").await, Err(StoreError::AlreadyExists));
-    let got = s.get(&key("default", "a"), ReadMode::Linearizable).await.expect("get");
-    assert_eq!(parse(&got)["data"]["v"], "1", "a refused write changes nothing");
+    assert_eq!(
+        create(&s, "default", "a", "2").await,
+        Err(StoreError::AlreadyExists)
+    );
+    let got = s
+        .get(&key("default", "a"), ReadMode::Linearizable)
+        .await
+        .expect("get");
+    assert_eq!(
+        parse(&got)["data"]["v"],
+        "1",
+        "a refused write changes nothing"
+    );
     assert!(s.revision() >= rev);
 }
 
@@ -93,7 +115,10 @@ pub async fn update_with_stale_version_conflicts<S: ObjectStore>(s: S) {
         .write(WriteOp::Update {
             key: key("default", "a"),
             object: obj("default", "a", "2"),
-            expect: Precondition { resource_version: Some(first), uid: None },
+            expect: Precondition {
+                resource_version: Some(first),
+                uid: None,
+            },
         })
         .await
         .expect("update with current version");
@@ -102,11 +127,20 @@ pub async fn update_with_stale_version_conflicts<S: ObjectStore>(s: S) {
         .write(WriteOp::Update {
             key: key("default", "a"),
             object: obj("default", "a", "3"),
-            expect: Precondition { resource_version: Some(first), uid: None },
+            expect: Precondition {
+                resource_version: Some(first),
+                uid: None,
+            },
         })
         .await;
-    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "got {stale:?}");
-    let got = s.get(&key("default", "a"), ReadMode::Linearizable).await.expect("get");
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "got {stale:?}"
+    );
+    let got = s
+        .get(&key("default", "a"), ReadMode::Linearizable)
+        .await
+        .expect("get");
     assert_eq!(parse(&got)["data"]["v"], "2");
     let unconditional = s
         .write(WriteOp::Update {
@@ -129,7 +163,10 @@ pub async fn update_or_delete_of_missing_is_not_found<S: ObjectStore>(s: S) {
         .await;
     assert_eq!(up, Err(StoreError::NotFound));
     let del = s
-        .write(WriteOp::Delete { key: key("default", "nope"), expect: Precondition::default() })
+        .write(WriteOp::Delete {
+            key: key("default", "nope"),
+            expect: Precondition::default(),
+        })
         .await;
     assert_eq!(del, Err(StoreError::NotFound));
     assert_eq!(
@@ -141,13 +178,21 @@ pub async fn update_or_delete_of_missing_is_not_found<S: ObjectStore>(s: S) {
 pub async fn delete_returns_last_state_at_delete_revision<S: ObjectStore>(s: S) {
     let created = rv(&create(&s, "default", "a", "1").await.expect("create"));
     let deleted = s
-        .write(WriteOp::Delete { key: key("default", "a"), expect: Precondition::default() })
+        .write(WriteOp::Delete {
+            key: key("default", "a"),
+            expect: Precondition::default(),
+        })
         .await
         .expect("delete");
     assert!(rv(&deleted) > created);
     assert_eq!(parse(&deleted)["data"]["v"], "1");
-    assert_eq!(s.get(&key("default", "a"), ReadMode::Linearizable).await, Err(StoreError::NotFound));
-    create(&s, "default", "a", "again").await.expect("a deleted name can be reused");
+    assert_eq!(
+        s.get(&key("default", "a"), ReadMode::Linearizable).await,
+        Err(StoreError::NotFound)
+    );
+    create(&s, "default", "a", "again")
+        .await
+        .expect("a deleted name can be reused");
 }
 
 pub async fn delete_with_wrong_uid_conflicts<S: ObjectStore>(s: S) {
@@ -155,14 +200,25 @@ pub async fn delete_with_wrong_uid_conflicts<S: ObjectStore>(s: S) {
     let res = s
         .write(WriteOp::Delete {
             key: key("default", "a"),
-            expect: Precondition { resource_version: None, uid: Some("other".into()) },
+            expect: Precondition {
+                resource_version: None,
+                uid: Some("other".into()),
+            },
         })
         .await;
-    assert!(matches!(res, Err(StoreError::Conflict { .. })), "got {res:?}");
-    s.get(&key("default", "a"), ReadMode::Linearizable).await.expect("still there");
+    assert!(
+        matches!(res, Err(StoreError::Conflict { .. })),
+        "got {res:?}"
+    );
+    s.get(&key("default", "a"), ReadMode::Linearizable)
+        .await
+        .expect("still there");
     s.write(WriteOp::Delete {
         key: key("default", "a"),
-        expect: Precondition { resource_version: None, uid: Some("uid-default-a".into()) },
+        expect: Precondition {
+            resource_version: None,
+            uid: Some("uid-default-a".into()),
+        },
     })
     .await
     .expect("delete with matching uid");
@@ -183,16 +239,29 @@ pub async fn list_filters_by_resource_and_namespace<S: ObjectStore>(s: S) {
             .iter()
             .map(|b| {
                 let v = parse(b);
-                format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap(), v["metadata"]["name"].as_str().unwrap())
+                format!(
+                    "{}/{}",
+                    v["metadata"]["namespace"].as_str().unwrap(),
+                    v["metadata"]["name"].as_str().unwrap()
+                )
             })
             .collect()
     };
-    let all = s.list(&cm(), None, ReadMode::Linearizable).await.expect("list");
+    let all = s
+        .list(&cm(), None, ReadMode::Linearizable)
+        .await
+        .expect("list");
     assert_eq!(names(&all.items), ["a/x", "a/y", "b/x"]);
     assert_eq!(all.revision, s.revision());
-    let in_a = s.list(&cm(), Some("a"), ReadMode::Linearizable).await.expect("list");
+    let in_a = s
+        .list(&cm(), Some("a"), ReadMode::Linearizable)
+        .await
+        .expect("list");
     assert_eq!(names(&in_a.items), ["a/x", "a/y"]);
-    let none = s.list(&cm(), Some("c"), ReadMode::Stale).await.expect("list");
+    let none = s
+        .list(&cm(), Some("c"), ReadMode::Stale)
+        .await
+        .expect("list");
     assert!(none.items.is_empty());
 }
 
@@ -214,7 +283,10 @@ pub async fn watch_from_revision_replays_in_order<S: ObjectStore>(s: S) {
     .await
     .expect("create other resource");
     create(&s, "other", "b", "1").await.expect("create");
-    let mut w = s.watch(&cm(), Some("default"), WatchFrom::Revision(start)).expect("watch").events;
+    let mut w = s
+        .watch(&cm(), Some("default"), WatchFrom::Revision(start))
+        .expect("watch")
+        .events;
     let ev = next_event(&mut w, &s).await;
     assert_eq!((ev.kind, ev.key.name.as_str()), (EventType::Added, "a"));
     // Live events follow the replayed ones without a gap.
@@ -225,9 +297,12 @@ pub async fn watch_from_revision_replays_in_order<S: ObjectStore>(s: S) {
     })
     .await
     .expect("update");
-    s.write(WriteOp::Delete { key: key("default", "a"), expect: Precondition::default() })
-        .await
-        .expect("delete");
+    s.write(WriteOp::Delete {
+        key: key("default", "a"),
+        expect: Precondition::default(),
+    })
+    .await
+    .expect("delete");
     let m = next_event(&mut w, &s).await;
     assert_eq!(m.kind, EventType::Modified);
     assert!(m.prev.is_some());
@@ -252,7 +327,9 @@ pub async fn watch_now_returns_initial_state_then_changes<S: ObjectStore>(s: S) 
 pub async fn watch_from_compacted_revision_is_expired<S: ObjectStore>(s: S) {
     let start = s.revision();
     for i in 0..10 {
-        create(&s, "default", &format!("n{i}"), "1").await.expect("create");
+        create(&s, "default", &format!("n{i}"), "1")
+            .await
+            .expect("create");
     }
     match s.watch(&cm(), None, WatchFrom::Revision(start)) {
         Err(StoreError::Expired { .. }) => {}
@@ -261,7 +338,10 @@ pub async fn watch_from_compacted_revision_is_expired<S: ObjectStore>(s: S) {
     }
     // The newest revisions are still inside the window.
     let recent = s.revision() - 1;
-    let mut w = s.watch(&cm(), None, WatchFrom::Revision(recent)).expect("recent watch").events;
+    let mut w = s
+        .watch(&cm(), None, WatchFrom::Revision(recent))
+        .expect("recent watch")
+        .events;
     let ev = next_event(&mut w, &s).await;
     assert_eq!(ev.revision, s.revision());
 }
@@ -274,7 +354,9 @@ pub async fn concurrent_writers_get_distinct_increasing_revisions<S: ObjectStore
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             for i in 0..25 {
-                let b = create(&*s, "default", &format!("t{t}-{i}"), "x").await.expect("create");
+                let b = create(&*s, "default", &format!("t{t}-{i}"), "x")
+                    .await
+                    .expect("create");
                 revs.push(rv(&b));
             }
             revs
@@ -283,13 +365,23 @@ pub async fn concurrent_writers_get_distinct_increasing_revisions<S: ObjectStore
     let mut all = Vec::new();
     for t in tasks {
         let revs = t.await.expect("task");
-        assert!(revs.windows(2).all(|w| w[0] < w[1]), "one writer's revisions increase");
+        assert!(
+            revs.windows(2).all(|w| w[0] < w[1]),
+            "one writer's revisions increase"
+        );
         all.extend(revs);
     }
     let n = all.len();
     all.sort_unstable();
     all.dedup();
-    assert_eq!(all.len(), n, "every acknowledged write has its own revision");
-    let listing = s.list(&cm(), None, ReadMode::Linearizable).await.expect("list");
+    assert_eq!(
+        all.len(),
+        n,
+        "every acknowledged write has its own revision"
+    );
+    let listing = s
+        .list(&cm(), None, ReadMode::Linearizable)
+        .await
+        .expect("list");
     assert_eq!(listing.items.len(), n);
 }

@@ -1,1 +1,520 @@
-//! Raft store (being written).
+//! The region's object store: an openraft 0.9 log on redb whose state machine is the
+//! `kith_api::store::state::Shared` every `ObjectStore` wraps.
+//!
+//! ```text
+//!  ObjectStore::write ──client_write──▶ Raft ──append──▶ log::LogStore ──▶ writer thread
+//!                                        │                (pending map)    one redb txn,
+//!                                        │                                 one fsync per batch
+//!                                        │◀──────────── LogFlushed ────────────┘
+//!                                        ├──replicate──▶ network::RaftTransport ──▶ peers
+//!                                        ▼ committed
+//!                                  sm::StateMachine ──Shared::apply(index, op)──▶ objects
+//!                                        │                                        + watch hub
+//!                                        └──snapshots (state.redb)──▶ log purge
+//!  ObjectStore::get/list/watch ───────────────────────────── read Shared (after a
+//!                                                            read barrier if linearizable)
+//! ```
+//!
+//! The Raft log index of a write is its `metadata.resourceVersion` (stamped by `State`).
+//! Membership is whatever Raft says: one voter when a box bootstraps alone, more when the
+//! multi-box transport joins others through the same `network::RaftTransport` seam.
+
+pub mod log;
+pub mod network;
+pub mod sm;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kith_api::store::state::{Shared, DEFAULT_HISTORY};
+use kith_api::store::{
+    Listing, ObjectKey, ObjectStore, ReadMode, Resource, Result, StoreError, Watch, WatchFrom,
+    WriteOp,
+};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
+use openraft::{BasicNode, Config, RaftMetrics, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use self::log::{LogStats, LogStore};
+use self::network::{InProcessNetwork, Network, RaftTransport};
+use self::sm::StateMachine;
+
+/// A node's id in the region's Raft group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// openraft's view of kith: writes are `WriteOp`s, replies carry the applied result.
+    pub TypeConfig:
+        D = WriteOp,
+        R = Reply,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of one node.
+pub type KithRaft = openraft::Raft<TypeConfig>;
+
+/// What applying one log entry produced; travels back to the writer as openraft's `C::R`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The write changed the store; the stored object (for a delete, its last state).
+    Written(#[serde(with = "bytes_as_vec")] Bytes),
+    /// The write was applied at its index but refused by a precondition.
+    Refused(StoreError),
+    /// A blank or membership entry: nothing to tell a writer.
+    Nothing,
+}
+
+/// `Bytes` has no serde support without a feature flag; go through `Vec<u8>`.
+mod bytes_as_vec {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        Vec::<u8>::deserialize(d).map(Bytes::from)
+    }
+}
+
+/// How a node's store is opened. `StoreConfig::new` gives defaults suited to one box.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub node_id: NodeId,
+    /// Where peers reach this node's Raft endpoint (recorded in the membership).
+    pub addr: String,
+    /// Holds `log.redb` (log, vote, committed, purge pointer) and `state.redb` (snapshot).
+    pub data_dir: PathBuf,
+    /// Events a watch can resume from.
+    pub history: usize,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_logs_since_last: u64,
+    /// Applied entries kept in the log behind a snapshot, so a lagging follower can catch up
+    /// without a snapshot transfer.
+    pub max_in_snapshot_log_to_keep: u64,
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// A write or linearizable read that is not done by then fails as unavailable (a write
+    /// may still be applied later: the log decides).
+    pub request_timeout_ms: u64,
+    /// Form a one-voter cluster of this node when its log is empty. Off for a node that
+    /// waits to be added to an existing region.
+    pub bootstrap: bool,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: NodeId, addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            node_id,
+            addr: addr.into(),
+            data_dir: data_dir.into(),
+            history: DEFAULT_HISTORY,
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+            // openraft's LAN defaults: on one box no message crosses a link, and a short
+            // election timeout makes a restart ready sooner.
+            heartbeat_ms: 50,
+            election_min_ms: 150,
+            election_max_ms: 300,
+            request_timeout_ms: 10_000,
+            bootstrap: true,
+        }
+    }
+
+    fn raft_config(&self) -> std::result::Result<Config, StoreOpenError> {
+        let config = Config {
+            cluster_name: "kith".to_string(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| StoreOpenError::Config(e.to_string()))
+    }
+}
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path}: {message}")]
+    Database { path: PathBuf, message: String },
+    #[error("invalid raft config: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("this node did not become leader of its one-voter cluster: {0}")]
+    NotReady(String),
+}
+
+/// The Raft-backed `ObjectStore` of one node.
+pub struct RaftStore {
+    node_id: NodeId,
+    raft: KithRaft,
+    shared: Arc<Shared>,
+    stats: Arc<LogStats>,
+    /// Both redb files; shutdown waits until openraft's tasks let go of them so the same
+    /// directory can be reopened at once.
+    databases: Vec<Weak<redb::Database>>,
+    request_timeout: Duration,
+}
+
+impl RaftStore {
+    /// Open (or create) the store under `config.data_dir` with an in-process transport
+    /// (enough for one box). See `open_with_transport` for more boxes.
+    pub async fn open(config: StoreConfig) -> std::result::Result<Arc<Self>, StoreOpenError> {
+        Self::open_with_transport(config, Arc::new(InProcessNetwork::new())).await
+    }
+
+    /// Open the store; Raft messages to peers go through `transport`. With `bootstrap` and an
+    /// empty log this node forms a one-voter cluster; whenever the membership is this node
+    /// alone, returns once it is leader and has applied its whole log.
+    pub async fn open_with_transport(
+        config: StoreConfig,
+        transport: Arc<dyn RaftTransport>,
+    ) -> std::result::Result<Arc<Self>, StoreOpenError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreOpenError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let raft_config = Arc::new(config.raft_config()?);
+        let log = LogStore::open(&config.data_dir.join("log.redb"))?;
+        let sm = StateMachine::open(&config.data_dir.join("state.redb"), config.history)?;
+        let shared = sm.shared();
+        let stats = log.stats();
+        let databases = vec![log.database(), sm.database()];
+
+        let raft = KithRaft::new(
+            config.node_id,
+            raft_config,
+            Network::new(config.node_id, transport),
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| StoreOpenError::Raft(e.to_string()))?;
+
+        let store = Arc::new(RaftStore {
+            node_id: config.node_id,
+            raft,
+            shared,
+            stats,
+            databases,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+        });
+
+        let initialized = store
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StoreOpenError::Raft(e.to_string()))?;
+        let mut bootstrapped = false;
+        if config.bootstrap && !initialized {
+            let members = BTreeMap::from([(config.node_id, BasicNode::new(&config.addr))]);
+            tracing::info!(node = config.node_id, addr = %config.addr, "bootstrapping a one-voter cluster");
+            match store.raft.initialize(members).await {
+                // The metrics may not show the new membership yet; we know it.
+                Ok(()) => bootstrapped = true,
+                // Another path initialized it first (or it was already in motion): fine.
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::debug!("initialize not allowed: {e}");
+                }
+                Err(e) => return Err(StoreOpenError::Raft(e.to_string())),
+            }
+        }
+
+        if bootstrapped || store.sole_voter() {
+            let wait = Duration::from_millis(config.election_max_ms.saturating_mul(20))
+                .max(Duration::from_secs(10));
+            let me = config.node_id;
+            store
+                .raft
+                .wait(Some(wait))
+                .metrics(
+                    |m| {
+                        m.current_leader == Some(me)
+                            && m.last_applied.map(|l| l.index) >= m.last_log_index
+                    },
+                    "leader with its log applied",
+                )
+                .await
+                .map_err(|e| StoreOpenError::NotReady(e.to_string()))?;
+            tracing::info!(node = me, revision = store.revision(), "raft store ready");
+        }
+        Ok(store)
+    }
+
+    fn sole_voter(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters == [self.node_id]
+    }
+
+    /// Stop Raft and wait until the redb files are closed.
+    pub async fn shutdown(&self) -> Result<()> {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        // openraft drops the log store and state machine as its tasks end; poll for it so a
+        // caller can reopen the directory right away.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.databases.iter().any(|d| d.strong_count() > 0) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Internal(
+                    "redb files still open 10s after raft shutdown".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(node = self.node_id, "raft store shut down");
+        Ok(())
+    }
+
+    /// Forget all but the newest `keep` watch events (tests force 410 Expired with it).
+    pub fn compact_history(&self, keep: usize) {
+        self.shared.compact_history(keep);
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The Raft handle: membership changes, snapshots, metrics, serving peers' RPCs.
+    pub fn raft(&self) -> &KithRaft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Log writer counters: redb commits and entries written (entries per commit shows how
+    /// well concurrent writes share an fsync).
+    pub fn log_stats(&self) -> log::LogCounters {
+        self.stats.counters()
+    }
+
+    async fn read_barrier(&self, mode: ReadMode) -> Result<()> {
+        if mode == ReadMode::Stale {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "could not confirm leadership within {}ms",
+                self.request_timeout.as_millis()
+            ))),
+            Ok(Err(e)) => Err(read_error(e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+}
+
+impl ObjectStore for RaftStore {
+    async fn get(&self, key: &ObjectKey, mode: ReadMode) -> Result<Bytes> {
+        self.read_barrier(mode).await?;
+        self.shared.get(key)
+    }
+
+    async fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        mode: ReadMode,
+    ) -> Result<Listing> {
+        self.read_barrier(mode).await?;
+        Ok(self.shared.list(resource, namespace))
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<Bytes> {
+        match tokio::time::timeout(self.request_timeout, self.raft.client_write(op)).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "write not committed within {}ms; it may still be applied",
+                self.request_timeout.as_millis()
+            ))),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(resp)) => reply_result(resp.data),
+        }
+    }
+
+    fn watch(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        from: WatchFrom,
+    ) -> Result<Watch> {
+        self.shared.watch(resource, namespace, from)
+    }
+
+    fn revision(&self) -> u64 {
+        self.shared.revision()
+    }
+}
+
+fn reply_result(reply: Reply) -> Result<Bytes> {
+    match reply {
+        Reply::Written(b) => Ok(b),
+        Reply::Refused(e) => Err(e),
+        Reply::Nothing => Err(StoreError::Internal(
+            "a client write was applied as a blank entry".into(),
+        )),
+    }
+}
+
+fn not_leader(f: &ForwardToLeader<NodeId, BasicNode>) -> StoreError {
+    StoreError::Unavailable(match (f.leader_id, &f.leader_node) {
+        (Some(id), Some(node)) => format!("not the leader; leader is {id} at {}", node.addr),
+        (Some(id), None) => format!("not the leader; leader is {id}"),
+        (None, _) => "not the leader; no leader is known (election in progress)".to_string(),
+    })
+}
+
+fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            StoreError::Internal(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(f) => StoreError::Unavailable(format!("raft is not running: {f}")),
+    }
+}
+
+fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => StoreError::Unavailable(
+            format!("quorum lost: only {:?} of {} answered", q.got, q.cluster),
+        ),
+        RaftError::Fatal(f) => StoreError::Unavailable(format!("raft is not running: {f}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use openraft::error::{Fatal, QuorumNotEnough};
+
+    use super::*;
+
+    fn fwd(id: Option<NodeId>, addr: Option<&str>) -> ForwardToLeader<NodeId, BasicNode> {
+        ForwardToLeader {
+            leader_id: id,
+            leader_node: addr.map(BasicNode::new),
+        }
+    }
+
+    #[test]
+    fn write_errors_map_to_unavailable_with_the_leader() {
+        type Case = (
+            RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+            StoreError,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                RaftError::APIError(ClientWriteError::ForwardToLeader(fwd(
+                    Some(2),
+                    Some("10.0.0.2:7443"),
+                ))),
+                StoreError::Unavailable("not the leader; leader is 2 at 10.0.0.2:7443".into()),
+            ),
+            (
+                RaftError::APIError(ClientWriteError::ForwardToLeader(fwd(Some(3), None))),
+                StoreError::Unavailable("not the leader; leader is 3".into()),
+            ),
+            (
+                RaftError::APIError(ClientWriteError::ForwardToLeader(fwd(None, None))),
+                StoreError::Unavailable(
+                    "not the leader; no leader is known (election in progress)".into(),
+                ),
+            ),
+            (
+                RaftError::Fatal(Fatal::Stopped),
+                StoreError::Unavailable("raft is not running: raft stopped".into()),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(write_error(input), want);
+        }
+    }
+
+    #[test]
+    fn read_errors_map_to_unavailable() {
+        let q = QuorumNotEnough {
+            cluster: "{1,2,3}".into(),
+            got: BTreeSet::from([1]),
+        };
+        type Case = (
+            RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+            StoreError,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)),
+                StoreError::Unavailable("quorum lost: only {1} of {1,2,3} answered".into()),
+            ),
+            (
+                RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd(
+                    Some(1),
+                    Some("a:1"),
+                ))),
+                StoreError::Unavailable("not the leader; leader is 1 at a:1".into()),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(read_error(input), want);
+        }
+    }
+
+    #[test]
+    fn replies_become_results() {
+        assert_eq!(
+            reply_result(Reply::Written(Bytes::from_static(b"{}"))),
+            Ok(Bytes::from_static(b"{}"))
+        );
+        assert_eq!(
+            reply_result(Reply::Refused(StoreError::NotFound)),
+            Err(StoreError::NotFound)
+        );
+        assert!(matches!(
+            reply_result(Reply::Nothing),
+            Err(StoreError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn reply_survives_serde() {
+        for reply in [
+            Reply::Written(Bytes::from_static(b"{\"a\":1}")),
+            Reply::Refused(StoreError::Conflict {
+                expected: "3".into(),
+                actual: "4".into(),
+            }),
+            Reply::Nothing,
+        ] {
+            let json = serde_json::to_vec(&reply).expect("serialize");
+            let back: Reply = serde_json::from_slice(&json).expect("deserialize");
+            assert_eq!(back, reply);
+        }
+    }
+}

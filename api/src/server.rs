@@ -1,0 +1,454 @@
+//! The HTTPS server: one hyper service that authenticates, routes and renders every
+//! request, on a rustls listener.
+//!
+//! ```text
+//!  TCP ─▶ rustls (client cert optional) ─▶ hyper (h2 | http/1.1) ─▶ ApiService::handle
+//!          │                                                        ├─ /version /livez /readyz /healthz   (no auth)
+//!          └─ peer cert ─▶ Authenticator ─▶ authorize ──────────────┼─ /api /apis /openapi/v3            (discovery)
+//!                                                                   └─ resources ─▶ handler::Api ─▶ ObjectStore
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+
+use crate::auth::{authorize, Authenticator, User};
+use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::handler::{body_type_for, decode_body, Api, BodyType, DeleteOptions, Reply};
+use crate::request::{parse_query, route, ResourceRoute, Route};
+use crate::store::ObjectStore;
+use crate::watch::{self, Render};
+use crate::{discovery, openapi};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
+
+/// Who is calling, as established by the connection.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    /// The verified client certificate (DER), if one was presented.
+    pub cert: Option<Vec<u8>>,
+    /// In-process callers (controllers) are trusted as this user without credentials.
+    pub trusted: Option<User>,
+}
+
+/// Serving readiness: `/readyz` answers `ok` only once the store is ready.
+pub struct ApiService<S> {
+    api: Arc<Api<S>>,
+    auth: Authenticator,
+}
+
+impl<S: ObjectStore> ApiService<S> {
+    pub fn new(api: Arc<Api<S>>, auth: Authenticator) -> Arc<Self> {
+        Arc::new(ApiService { api, auth })
+    }
+
+    pub fn api(&self) -> &Arc<Api<S>> {
+        &self.api
+    }
+
+    /// Handle one request end to end; never fails (errors become `Status` replies).
+    pub async fn handle<B>(&self, req: Request<B>, peer: &Peer) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let started = std::time::Instant::now();
+        let resp = match self.route_request(req, peer).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+        tracing::debug!(%method, %path, code = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        resp
+    }
+
+    async fn route_request<B>(
+        &self,
+        req: Request<B>,
+        peer: &Peer,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_string();
+        let r = route(&path);
+        // Health and version are public, as on kube-apiserver.
+        match &r {
+            Ok(Route::Health) => return Ok(text(StatusCode::OK, "ok")),
+            Ok(Route::Version) => {
+                return Ok(json_response(StatusCode::OK, &discovery::version(), &[]))
+            }
+            _ => {}
+        }
+        let user = match &peer.trusted {
+            Some(u) => u.clone(),
+            None => {
+                let authz = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                self.auth.authenticate(authz, peer.cert.as_deref())?
+            }
+        };
+        authorize(&user, &req.method().as_str().to_ascii_lowercase(), &path)?;
+        let r = r?;
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match r {
+            Route::Health | Route::Version => Err(ApiError::NoRoute),
+            Route::Discovery { core } => {
+                if accept.as_deref().is_some_and(discovery::wants_aggregated) {
+                    let body = discovery::aggregated(core);
+                    Ok(json_with_type(
+                        StatusCode::OK,
+                        &body,
+                        discovery::AGGREGATED_CONTENT_TYPE,
+                    ))
+                } else if core {
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &discovery::api_versions(),
+                        &[],
+                    ))
+                } else {
+                    Ok(json_response(
+                        StatusCode::OK,
+                        &discovery::api_group_list(),
+                        &[],
+                    ))
+                }
+            }
+            Route::Group(g) => {
+                let list = discovery::api_group_list();
+                let group = list["groups"]
+                    .as_array()
+                    .and_then(|gs| gs.iter().find(|x| x["name"] == g.as_str()))
+                    .cloned()
+                    .ok_or(ApiError::NoRoute)?;
+                let mut body = group;
+                body["kind"] = Value::from("APIGroup");
+                body["apiVersion"] = Value::from("v1");
+                Ok(json_response(StatusCode::OK, &body, &[]))
+            }
+            Route::ResourceList { group, version } => {
+                let body =
+                    discovery::api_resource_list(&group, &version).ok_or(ApiError::NoRoute)?;
+                Ok(json_response(StatusCode::OK, &body, &[]))
+            }
+            Route::OpenApiIndex => Ok(json_response(StatusCode::OK, &openapi::index(), &[])),
+            Route::OpenApiDoc { group, version } => {
+                let doc = openapi::group_version_doc(&group, &version).ok_or(ApiError::NoRoute)?;
+                Ok(json_response(StatusCode::OK, &doc, &[]))
+            }
+            Route::Resource(rr) => self.resource(req, rr, accept.as_deref(), &user).await,
+        }
+    }
+
+    async fn resource<B>(
+        &self,
+        req: Request<B>,
+        r: ResourceRoute,
+        accept: Option<&str>,
+        user: &User,
+    ) -> Result<Response<Body>, ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let query_str = req.uri().query().map(str::to_string);
+        let q = parse_query(query_str.as_deref())?;
+        let include = query_str.as_deref().and_then(|qs| {
+            form_urlencoded::parse(qs.as_bytes())
+                .find(|(k, _)| k == "includeObject")
+                .map(|(_, v)| v.into_owned())
+        });
+        let render = Render::from_accept(accept, include.as_deref())?;
+        let method = req.method().clone();
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let user_agent = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let manager = q
+            .field_manager
+            .clone()
+            .unwrap_or_else(|| default_manager(&user_agent, &user.name));
+        let api = &self.api;
+        let now = api.now();
+        let reply = match (&method, &r.name) {
+            (&Method::GET, None) if q.watch => {
+                let rx = watch::start(api, &r, &q, render)?;
+                return Ok(stream_response(rx));
+            }
+            (&Method::GET, Some(_)) if q.watch => {
+                // `?watch` on a single object is a watch with a name field selector.
+                let mut q2 = q;
+                let name = r.name.clone().unwrap_or_default();
+                q2.field_selector = Some(match q2.field_selector {
+                    Some(f) => format!("{f},metadata.name={name}"),
+                    None => format!("metadata.name={name}"),
+                });
+                let rr = ResourceRoute {
+                    kind: r.kind,
+                    namespace: r.namespace.clone(),
+                    name: None,
+                    subresource: None,
+                };
+                let rx = watch::start(api, &rr, &q2, render)?;
+                return Ok(stream_response(rx));
+            }
+            (&Method::GET, None) => {
+                let page = api.list(&r, &q).await?;
+                let mut meta = serde_json::json!({"resourceVersion": page.revision.to_string()});
+                if let Some(c) = page.continue_token {
+                    meta["continue"] = c.into();
+                }
+                if let Some(n) = page.remaining {
+                    meta["remainingItemCount"] = n.into();
+                }
+                Reply {
+                    code: 200,
+                    body: watch::render_list(r.kind, page.items, meta, render, now),
+                    warnings: vec![],
+                }
+            }
+            (&Method::GET, Some(_)) => {
+                let mut reply = api.get(&r, &q).await?;
+                if r.subresource.is_none() {
+                    reply.body = watch::render_object(r.kind, reply.body, render, now);
+                }
+                reply
+            }
+            (&Method::POST, _) => {
+                let ty = body_type_for(&method, content_type.as_deref())?;
+                let body = read_body(req).await?;
+                let obj = decode_body(&body, ty)?;
+                api.create(&r, &q, obj, &manager).await?
+            }
+            (&Method::PUT, Some(_)) => {
+                let ty = body_type_for(&method, content_type.as_deref())?;
+                let body = read_body(req).await?;
+                let obj = decode_body(&body, ty)?;
+                api.update(&r, &q, obj, &manager).await?
+            }
+            (&Method::PATCH, Some(_)) => {
+                let ty = body_type_for(&method, content_type.as_deref())?;
+                let body = read_body(req).await?;
+                api.patch(&r, &q, ty, &body, &manager).await?
+            }
+            (&Method::DELETE, Some(_)) => {
+                let body = read_body(req).await?;
+                let opts = DeleteOptions::from_body(&body)?;
+                api.delete(&r, &q, &opts).await?
+            }
+            (&Method::DELETE, None) => {
+                let body = read_body(req).await?;
+                let opts = DeleteOptions::from_body(&body)?;
+                api.delete_collection(&r, &q, &opts).await?
+            }
+            _ => {
+                return Err(ApiError::MethodNotAllowed {
+                    target: crate::error::Target {
+                        group: r.kind.group.into(),
+                        resource: r.kind.plural.into(),
+                        kind: r.kind.kind.into(),
+                        name: r.name.clone().unwrap_or_default(),
+                    },
+                    verb: method.to_string(),
+                })
+            }
+        };
+        let code = StatusCode::from_u16(reply.code).unwrap_or(StatusCode::OK);
+        Ok(json_response(code, &reply.body, &reply.warnings))
+    }
+}
+
+/// The field manager Kubernetes derives from a client's User-Agent when none is given.
+fn default_manager(user_agent: &str, user: &str) -> String {
+    let first = user_agent.split('/').next().unwrap_or("").trim();
+    if first.is_empty() {
+        user.to_string()
+    } else {
+        first.chars().take(128).collect()
+    }
+}
+
+async fn read_body<B>(req: Request<B>) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        if len > MAX_BODY_BYTES {
+            return Err(ApiError::TooLarge);
+        }
+    }
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge)
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "error reading request body: {e}"
+        ))),
+    }
+}
+
+fn text(code: StatusCode, s: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(s));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_with_type(code: StatusCode, body: &Value, ct: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(serde_json::to_vec(body).unwrap_or_default()));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response<Body> {
+    let mut r = json_with_type(code, body, "application/json");
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&v) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+    r
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let code = StatusCode::from_u16(e.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &e.status(), &[])
+}
+
+fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    r
+}
+
+/// Serve HTTPS on `listener` until `shutdown` completes.
+pub async fn serve<S: ObjectStore>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<ApiService<S>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            let peer = Arc::new(Peer {
+                cert,
+                trusted: None,
+            });
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let service = service.clone();
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(service.handle(req, &peer).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+                tracing::debug!(%addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+impl BodyType {
+    /// For logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            BodyType::Json => "json",
+            BodyType::Yaml => "yaml",
+            BodyType::Protobuf => "protobuf",
+            BodyType::JsonPatch => "json-patch",
+            BodyType::MergePatch => "merge-patch",
+            BodyType::StrategicMergePatch => "strategic-merge-patch",
+            BodyType::ApplyPatch => "apply-patch",
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `kith up`: a whole cluster on one box — the Raft store (one voter), the HTTPS API,
+//! the in-process controllers — with its state under one data directory.
+//!
+//! ```text
+//!  DATA_DIR/pki/   cluster CA, serving and admin certificates, tokens
+//!  DATA_DIR/raft/  log.redb + state.redb (openraft)
+//!  DATA_DIR/kubeconfig   written once the API serves
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kith_api::auth::{Authenticator, User, MASTERS_GROUP};
+use kith_api::handler::Api;
+use kith_api::request::{Query, ResourceRoute};
+use kith_api::server::{serve, ApiService};
+use kith_api::{error::ApiError, kinds};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::controllers;
+use crate::pki::{Pki, PkiError};
+use crate::store::{RaftStore, StoreConfig, StoreOpenError};
+
+/// Namespaces every cluster starts with.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// What `kith up` needs to know.
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Watch history window (events a watch can resume from).
+    pub watch_history: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("cannot listen on {addr}: the port is already in use (is another kith or kube-apiserver running?)")]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use data directory {dir}: {source}")]
+    DataDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificates: {0}")]
+    Pki(#[from] PkiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreOpenError),
+    #[error("creating system namespace {name}: {source}")]
+    Bootstrap { name: String, source: ApiError },
+}
+
+/// The URL clients on this box use to reach a server listening on `listen`.
+pub fn client_url(listen: SocketAddr) -> String {
+    let ip = listen.ip();
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    format!("https://{host}:{}", listen.port())
+}
+
+/// Run a one-box cluster until `shutdown` completes; `ready` is called with the kubeconfig
+/// path once the API serves.
+pub async fn run(
+    cfg: UpConfig,
+    ready: impl FnOnce(&std::path::Path, &str),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), UpError> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| UpError::DataDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    // Bind first: a taken port is the most common reason `up` cannot work, and it should be
+    // reported before any state is created.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => UpError::PortInUse { addr: cfg.listen },
+            _ => UpError::Listen {
+                addr: cfg.listen,
+                source,
+            },
+        })?;
+    let mut sans = Vec::new();
+    if !cfg.listen.ip().is_unspecified() {
+        sans.push(cfg.listen.ip().to_string());
+    }
+    let pki = Pki::load_or_create(dir, &sans)?;
+    let mut store_cfg = StoreConfig::new(1, client_url(cfg.listen), dir.join("raft"));
+    store_cfg.history = cfg.watch_history;
+    let store = RaftStore::open(store_cfg).await?;
+    let api = Arc::new(Api::new(store.clone()));
+    for ns in SYSTEM_NAMESPACES {
+        ensure_namespace(&api, ns).await?;
+    }
+    let auth = Authenticator::new(pki.tokens());
+    let service = ApiService::new(api.clone(), auth);
+    let tls = pki.server_config()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, tls, service, async {
+        let _ = stop_rx.await;
+    }));
+    let controllers = tokio::spawn(controllers::namespace::run(api.clone()));
+    let kubeconfig = dir.join("kubeconfig");
+    let url = client_url(cfg.listen);
+    pki.write_kubeconfig(&kubeconfig, &url)?;
+    tracing::info!(kubeconfig = %kubeconfig.display(), %url, "kith is up");
+    ready(&kubeconfig, &url);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    controllers.abort();
+    let _ = server.await;
+    if let Err(e) = store.shutdown().await {
+        tracing::warn!(error = %e, "store shutdown");
+    }
+    Ok(())
+}
+
+async fn ensure_namespace(api: &Arc<Api<Arc<RaftStore>>>, name: &str) -> Result<(), UpError> {
+    let Some(kind) = kinds::by_resource("", "v1", "namespaces") else {
+        return Ok(());
+    };
+    let route = ResourceRoute {
+        kind,
+        namespace: None,
+        name: None,
+        subresource: None,
+    };
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    match api.create(&route, &Query::default(), body, "kith").await {
+        Ok(_) | Err(ApiError::AlreadyExists(_)) => Ok(()),
+        Err(source) => Err(UpError::Bootstrap {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// The identity in-process components act as.
+pub fn system_user() -> User {
+    User::new("system:kith-controller", [MASTERS_GROUP])
+}
