@@ -32,8 +32,16 @@ def dump_documents(path):
         ["cargo", "test", "-q", "-p", "kith-api", "dump_documents", "--", "--ignored"],
         cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
     )
+    tables = path + ".tables"
+    subprocess.run(
+        ["cargo", "test", "-q", "-p", "kith-api", "dump_tables", "--", "--ignored"],
+        cwd=ROOT, env=dict(os.environ, KITH_DUMP_TABLES=tables), check=True, stdout=subprocess.DEVNULL,
+    )
     with open(path) as f:
-        return json.load(f)
+        docs = json.load(f)
+    with open(tables) as f:
+        docs["tables"] = json.load(f)
+    return docs
 
 
 class State:
@@ -80,6 +88,8 @@ def make_handler(state):
                 return self.send_json(docs["openapi"][url.path])
             if url.path in state.objects:
                 return self.send_json(state.objects[url.path])
+            if "as=Table" in accept and url.path in docs["tables"]:
+                return self.send_json(docs["tables"][url.path])
             m = re.match(r"^(/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/[^/]+)?/([a-z]+)$", url.path)
             if m and (m.group(1), m.group(2)) in state.kinds:
                 gv, kind = state.kinds[(m.group(1), m.group(2))]
@@ -102,6 +112,8 @@ def make_handler(state):
                 return self.send_json(body, code=201)
             if url.path in state.objects:
                 return self.send_json(state.objects[url.path])
+            if "as=Table" in accept and url.path in docs["tables"]:
+                return self.send_json(docs["tables"][url.path])
             self.send_json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                             "message": "not found", "reason": "NotFound", "code": 404}, code=404)
 
@@ -133,6 +145,30 @@ spec:
         ports:
         - containerPort: 80
 """
+
+
+def check_tables(c, version):
+    print(f"kubectl {version}, Tables")
+    want = {
+        ("pods",): [["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+                    ["web-7d4b9c-x2x", "1/2", "Running", "0", "3m"],
+                    ["crashy", "0/1", "CrashLoopBackOff", "5", "(5m", "ago)", "120m"]],
+        ("pods", "-o", "wide"): [["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE",
+                                  "READINESS", "GATES"],
+                                 ["web-7d4b9c-x2x", "1/2", "Running", "0", "3m", "10.42.0.7", "box-1", "<none>",
+                                  "<none>"]],
+        ("svc",): [["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+                   ["web", "NodePort", "10.43.0.12", "<none>", "80:30080/TCP,53/UDP", "45s"]],
+        ("deploy", "-o", "wide"): [["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES",
+                                    "SELECTOR"],
+                                   ["web", "3/3", "2", "3", "5h", "app", "nginx:1.27", "app=web"]],
+    }
+    for args, rows in want.items():
+        p = c.kubectl(version, "get", *args, "-n", "default")
+        got = [line.split() for line in p.stdout.splitlines()]
+        c.expect(got[:len(rows)] == rows, f"get {' '.join(args)}: {got}")
+    p = c.kubectl(version, "get", "pods", "-n", "default", "--show-labels")
+    c.expect("app=web" in p.stdout, "get pods --show-labels reads labels from the row objects")
 
 
 def check_openapi(c, state, version):
@@ -285,6 +321,7 @@ def main():
                 state.aggregated = mode == "aggregated"
                 check_discovery(c, state, version, mode)
             state.aggregated = True
+            check_tables(c, version)
             check_openapi(c, state, version)
     finally:
         server.shutdown()
