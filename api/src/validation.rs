@@ -111,7 +111,7 @@ fn labels_problems(field: &str, labels: &Value, values_checked: bool, out: &mut 
         if values_checked {
             let v = v.as_str().unwrap_or("");
             if !(v.is_empty() || is_qualified_name_part(v)) {
-                out.push(Cause::invalid(&format!("{field}"), v, LABEL_VALUE_MSG));
+                out.push(Cause::invalid(field, v, LABEL_VALUE_MSG));
             }
         }
     }
@@ -201,10 +201,8 @@ pub fn validate(kind: &Kind, object: &Value) -> Vec<Cause> {
                 out.push(Cause::required("spec.resources[storage]"));
             }
         }
-        ("discovery.k8s.io", "EndpointSlice") => {
-            if get(object, &["addressType"]).is_none() {
-                out.push(Cause::required("addressType"));
-            }
+        ("discovery.k8s.io", "EndpointSlice") if get(object, &["addressType"]).is_none() => {
+            out.push(Cause::required("addressType"));
         }
         _ => {}
     }

@@ -44,7 +44,7 @@ impl Render {
         };
         for part in accept.split(',') {
             let params: Vec<&str> = part.split(';').map(str::trim).collect();
-            let has = |p: &str| params.iter().any(|x| *x == p);
+            let has = |p: &str| params.contains(&p);
             if has("as=Table") && has("g=meta.k8s.io") {
                 let inc = match include {
                     Some(s) => s.parse().map_err(|e: table::BadIncludeObject| {
