@@ -25,8 +25,10 @@ pub mod sm;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -173,9 +175,9 @@ pub struct RaftStore {
     raft: KithRaft,
     shared: Arc<Shared>,
     stats: Arc<LogStats>,
-    /// Both redb files; shutdown waits until openraft's tasks let go of them so the same
-    /// directory can be reopened at once.
-    databases: Vec<Weak<redb::Database>>,
+    /// Set once each redb file is closed; shutdown waits for them so the same directory
+    /// can be reopened at once (by this process or another).
+    closed: Vec<Arc<AtomicBool>>,
     request_timeout: Duration,
 }
 
@@ -202,7 +204,7 @@ impl RaftStore {
         let sm = StateMachine::open(&config.data_dir.join("state.redb"), config.history)?;
         let shared = sm.shared();
         let stats = log.stats();
-        let databases = vec![log.database(), sm.database()];
+        let closed = vec![log.closed(), sm.closed()];
 
         let raft = KithRaft::new(
             config.node_id,
@@ -219,7 +221,7 @@ impl RaftStore {
             raft,
             shared,
             stats,
-            databases,
+            closed,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
         });
 
@@ -279,7 +281,7 @@ impl RaftStore {
         // openraft drops the log store and state machine as its tasks end; poll for it so a
         // caller can reopen the directory right away.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.databases.iter().any(|d| d.strong_count() > 0) {
+        while !self.closed.iter().all(|c| c.load(Ordering::Acquire)) {
             if tokio::time::Instant::now() > deadline {
                 return Err(StoreError::Internal(
                     "redb files still open 10s after raft shutdown".into(),
@@ -368,6 +370,45 @@ impl ObjectStore for RaftStore {
 
     fn revision(&self) -> u64 {
         self.shared.revision()
+    }
+}
+
+/// A redb database that says when it has really closed. A weak count reaching zero is not
+/// enough: the drop that writes the clean-shutdown header and releases the file lock runs
+/// after it.
+pub struct TrackedDb {
+    // Declared first: dropped (file closed, lock released) before `closed` is raised.
+    db: redb::Database,
+    closed: CloseFlag,
+}
+
+struct CloseFlag(Arc<AtomicBool>);
+
+impl Drop for CloseFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl TrackedDb {
+    pub fn new(db: redb::Database) -> Self {
+        TrackedDb {
+            db,
+            closed: CloseFlag(Arc::new(AtomicBool::new(false))),
+        }
+    }
+
+    /// Becomes true once the database is dropped and its file closed.
+    pub fn closed(&self) -> Arc<AtomicBool> {
+        self.closed.0.clone()
+    }
+}
+
+impl Deref for TrackedDb {
+    type Target = redb::Database;
+
+    fn deref(&self) -> &redb::Database {
+        &self.db
     }
 }
 

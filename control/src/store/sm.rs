@@ -14,8 +14,9 @@
 
 use std::io::Cursor;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kith_api::store::state::{Shared, State};
@@ -27,7 +28,7 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{NodeId, Reply, StoreOpenError, TypeConfig};
+use super::{NodeId, Reply, StoreOpenError, TrackedDb, TypeConfig};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const META_KEY: &str = "meta";
@@ -42,7 +43,7 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, BasicNode>,
-    db: Arc<Database>,
+    db: Arc<TrackedDb>,
     /// Makes snapshot ids unique among snapshots of the same log position.
     snapshot_seq: Arc<AtomicU64>,
 }
@@ -61,7 +62,7 @@ impl StateMachine {
         let txn = db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(SNAPSHOT).map_err(|e| err(&e))?;
         txn.commit().map_err(|e| err(&e))?;
-        let db = Arc::new(db);
+        let db = Arc::new(TrackedDb::new(db));
 
         let (state, last_applied, last_membership) =
             match read_snapshot(&db).map_err(|e| err(&e))? {
@@ -86,9 +87,10 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    /// The snapshot file's handle, weakly: it closes when openraft drops the state machine.
-    pub fn database(&self) -> Weak<Database> {
-        Arc::downgrade(&self.db)
+    /// Becomes true once the snapshot file is closed (openraft dropped the state machine and
+    /// every snapshot builder).
+    pub fn closed(&self) -> Arc<AtomicBool> {
+        self.db.closed()
     }
 }
 
@@ -221,7 +223,7 @@ fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<bool, Snaps
 }
 
 /// Write on a blocking thread: a snapshot commit is an fsync of possibly many megabytes.
-async fn persist(db: Arc<Database>, meta: Meta, data: Arc<Vec<u8>>) -> StoreResult<bool> {
+async fn persist(db: Arc<TrackedDb>, meta: Meta, data: Arc<Vec<u8>>) -> StoreResult<bool> {
     let sig = meta.signature();
     let result = tokio::task::spawn_blocking(move || write_snapshot(&db, &meta, &data)).await;
     match result {
@@ -236,7 +238,7 @@ pub struct SnapshotBuilder {
     state: State,
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, BasicNode>,
-    db: Arc<Database>,
+    db: Arc<TrackedDb>,
     seq: u64,
 }
 

@@ -1,0 +1,225 @@
+//! Three nodes in one process over the in-process transport: writes replicate to every
+//! replica, followers refuse writes with the leader's address, and when the leader stops
+//! the other two elect a new one and keep going. Nothing here is a one-voter shortcut.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kith_api::store::{ObjectKey, ObjectStore, ReadMode, Resource, StoreError, WriteOp};
+use kith_control::store::network::InProcessNetwork;
+use kith_control::store::{NodeId, RaftStore, StoreConfig};
+use openraft::BasicNode;
+use serde_json::json;
+use tempfile::TempDir;
+
+fn key(name: &str) -> ObjectKey {
+    ObjectKey::new(Resource::new("", "configmaps"), "default", name)
+}
+
+fn create(name: &str) -> WriteOp {
+    WriteOp::Create {
+        key: key(name),
+        object: json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}}),
+    }
+}
+
+fn addr(id: NodeId) -> String {
+    format!("in-process:{id}")
+}
+
+struct Cluster {
+    net: InProcessNetwork,
+    nodes: BTreeMap<NodeId, Arc<RaftStore>>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Cluster {
+    async fn start(ids: &[NodeId]) -> Cluster {
+        let net = InProcessNetwork::new();
+        let mut nodes = BTreeMap::new();
+        let mut dirs = Vec::new();
+        for &id in ids {
+            let dir = TempDir::new().expect("tempdir");
+            let mut config = StoreConfig::new(id, addr(id), dir.path());
+            // These nodes wait to be made members of one region, not a region each.
+            config.bootstrap = false;
+            let store = RaftStore::open_with_transport(config, Arc::new(net.clone()))
+                .await
+                .expect("open node");
+            net.register(id, store.raft().clone());
+            nodes.insert(id, store);
+            dirs.push(dir);
+        }
+        let members: BTreeMap<NodeId, BasicNode> = ids
+            .iter()
+            .map(|&id| (id, BasicNode::new(addr(id))))
+            .collect();
+        nodes[&ids[0]]
+            .raft()
+            .initialize(members)
+            .await
+            .expect("initialize 3 voters");
+        Cluster {
+            net,
+            nodes,
+            _dirs: dirs,
+        }
+    }
+
+    /// The leader every running node agrees on.
+    async fn leader(&self) -> NodeId {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen: Vec<Option<NodeId>> = self
+                .nodes
+                .values()
+                .map(|n| n.metrics().current_leader)
+                .collect();
+            if let Some(Some(l)) = seen.first() {
+                if self.nodes.contains_key(l) && seen.iter().all(|s| s == &Some(*l)) {
+                    let m = self.nodes[l].metrics();
+                    if m.state.is_leader() {
+                        return *l;
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no agreed leader: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every running node applied at least `index`.
+    async fn applied_everywhere(&self, index: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self.nodes.values().all(|n| n.revision() >= index) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "replicas did not reach {index}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        self.net.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().await.expect("shutdown");
+        }
+    }
+}
+
+fn rv(b: &[u8]) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(b).expect("json");
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("resourceVersion")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_elect_a_new_leader() {
+    let mut c = Cluster::start(&[1, 2, 3]).await;
+    let leader = c.leader().await;
+    let voters: Vec<NodeId> = c.nodes[&leader]
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3]);
+
+    let mut written: BTreeMap<String, Bytes> = BTreeMap::new();
+    for i in 0..20 {
+        let name = format!("first-{i}");
+        let b = c.nodes[&leader]
+            .write(create(&name))
+            .await
+            .expect("write on leader");
+        written.insert(name, b);
+    }
+    let follower = *c
+        .nodes
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    match c.nodes[&follower].write(create("on-follower")).await {
+        Err(StoreError::Unavailable(msg)) => {
+            assert_eq!(
+                msg,
+                format!("not the leader; leader is {leader} at {}", addr(leader))
+            );
+        }
+        other => panic!("a follower accepted a write: {other:?}"),
+    }
+    match c.nodes[&follower]
+        .get(&key("first-0"), ReadMode::Linearizable)
+        .await
+    {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.starts_with("not the leader"), "{msg}"),
+        other => panic!("a follower served a linearizable read: {other:?}"),
+    }
+
+    let last = c.nodes[&leader].revision();
+    c.applied_everywhere(last).await;
+    for node in c.nodes.values() {
+        for (name, bytes) in &written {
+            let got = node
+                .get(&key(name), ReadMode::Stale)
+                .await
+                .expect("replicated");
+            assert_eq!(
+                &got,
+                bytes,
+                "node {} has {name} as the leader wrote it",
+                node.node_id()
+            );
+        }
+    }
+
+    c.stop(leader).await;
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader);
+    for i in 0..10 {
+        let name = format!("second-{i}");
+        let b = c.nodes[&new_leader]
+            .write(create(&name))
+            .await
+            .expect("write on new leader");
+        assert!(rv(&b) > last, "revisions keep rising across leaders");
+        written.insert(name, b);
+    }
+    let last = c.nodes[&new_leader].revision();
+    c.applied_everywhere(last).await;
+    for node in c.nodes.values() {
+        let listing = node
+            .list(&Resource::new("", "configmaps"), None, ReadMode::Stale)
+            .await
+            .expect("list");
+        assert_eq!(
+            listing.items.len(),
+            written.len(),
+            "node {}",
+            node.node_id()
+        );
+        for (name, bytes) in &written {
+            let got = node
+                .get(&key(name), ReadMode::Stale)
+                .await
+                .expect("replicated");
+            assert_eq!(&got, bytes);
+        }
+    }
+    // Two of three voters are a quorum: linearizable reads still work on the new leader.
+    c.nodes[&new_leader]
+        .get(&key("second-0"), ReadMode::Linearizable)
+        .await
+        .expect("linearizable read with two of three");
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        c.stop(id).await;
+    }
+}
