@@ -37,35 +37,38 @@ struct Cluster {
 
 impl Cluster {
     async fn start(ids: &[NodeId]) -> Cluster {
-        let net = InProcessNetwork::new();
-        let mut nodes = BTreeMap::new();
-        let mut dirs = Vec::new();
+        let mut c = Cluster {
+            net: InProcessNetwork::new(),
+            nodes: BTreeMap::new(),
+            _dirs: Vec::new(),
+        };
         for &id in ids {
-            let dir = TempDir::new().expect("tempdir");
-            let mut config = StoreConfig::new(id, addr(id), dir.path());
-            // These nodes wait to be made members of one region, not a region each.
-            config.bootstrap = false;
-            let store = RaftStore::open_with_transport(config, Arc::new(net.clone()))
-                .await
-                .expect("open node");
-            net.register(id, store.raft().clone());
-            nodes.insert(id, store);
-            dirs.push(dir);
+            c.add_node(id).await;
         }
         let members: BTreeMap<NodeId, BasicNode> = ids
             .iter()
             .map(|&id| (id, BasicNode::new(addr(id))))
             .collect();
-        nodes[&ids[0]]
+        c.nodes[&ids[0]]
             .raft()
             .initialize(members)
             .await
-            .expect("initialize 3 voters");
-        Cluster {
-            net,
-            nodes,
-            _dirs: dirs,
-        }
+            .expect("initialize the voters");
+        c
+    }
+
+    /// Open a node that waits to be made a member of this region.
+    async fn add_node(&mut self, id: NodeId) {
+        let dir = TempDir::new().expect("tempdir");
+        let mut config = StoreConfig::new(id, addr(id), dir.path());
+        // Not a region of its own.
+        config.bootstrap = false;
+        let store = RaftStore::open_with_transport(config, Arc::new(self.net.clone()))
+            .await
+            .expect("open node");
+        self.net.register(id, store.raft().clone());
+        self.nodes.insert(id, store);
+        self._dirs.push(dir);
     }
 
     /// The leader every running node agrees on.
@@ -219,6 +222,83 @@ async fn three_nodes_replicate_and_elect_a_new_leader() {
         .get(&key("second-0"), ReadMode::Linearizable)
         .await
         .expect("linearizable read with two of three");
+    for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+        c.stop(id).await;
+    }
+}
+
+async fn wait_metrics(
+    node: &RaftStore,
+    what: &str,
+    ok: impl Fn(&openraft::RaftMetrics<NodeId, BasicNode>) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ok(&node.metrics()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The leader's log behind its snapshot is gone, so a node added later can only catch up
+/// through a snapshot transfer (`full_snapshot` over the transport, `install_snapshot`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start(&[1, 2, 3]).await;
+    let leader = c.leader().await;
+    let mut written: BTreeMap<String, Bytes> = BTreeMap::new();
+    for i in 0..30 {
+        let name = format!("before-{i}");
+        let b = c.nodes[&leader].write(create(&name)).await.expect("write");
+        written.insert(name, b);
+    }
+    let l = c.nodes[&leader].clone();
+    let applied = l.revision();
+    c.applied_everywhere(applied).await;
+    l.raft().trigger().snapshot().await.expect("snapshot");
+    wait_metrics(&l, "snapshot", |m| {
+        m.snapshot.map(|s| s.index) >= Some(applied)
+    })
+    .await;
+    l.raft().trigger().purge_log(applied).await.expect("purge");
+    wait_metrics(&l, "purge", |m| m.purged.map(|p| p.index) >= Some(applied)).await;
+
+    c.add_node(4).await;
+    l.raft()
+        .add_learner(4, BasicNode::new(addr(4)), true)
+        .await
+        .expect("add learner 4");
+    let new = c.nodes[&4].clone();
+    wait_metrics(&new, "snapshot installed on node 4", |m| {
+        m.snapshot.map(|s| s.index) >= Some(applied)
+    })
+    .await;
+    l.raft()
+        .change_membership([1, 2, 3, 4], false)
+        .await
+        .expect("make 4 a voter");
+    for i in 0..5 {
+        let name = format!("after-{i}");
+        let b = l.write(create(&name)).await.expect("write");
+        written.insert(name, b);
+    }
+    c.applied_everywhere(l.revision()).await;
+    for (name, bytes) in &written {
+        let got = new
+            .get(&key(name), ReadMode::Stale)
+            .await
+            .expect("on node 4");
+        assert_eq!(&got, bytes, "node 4 has {name} as written");
+    }
+    let voters: Vec<NodeId> = new
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3, 4]);
     for id in c.nodes.keys().copied().collect::<Vec<_>>() {
         c.stop(id).await;
     }
