@@ -641,6 +641,7 @@ mod tests {
             assert!(w.await.expect("callback"), "append failed");
         }
         let c = store.stats().counters();
+        eprintln!("{APPENDS} queued appends: {} commits", c.commits);
         assert_eq!(c.entries, APPENDS);
         assert!(
             c.commits * 4 <= APPENDS,

@@ -249,7 +249,7 @@ impl RaftStore {
             let wait = Duration::from_millis(config.election_max_ms.saturating_mul(20))
                 .max(Duration::from_secs(10));
             let me = config.node_id;
-            store
+            let ready = store
                 .raft
                 .wait(Some(wait))
                 .metrics(
@@ -259,8 +259,14 @@ impl RaftStore {
                     },
                     "leader with its log applied",
                 )
-                .await
-                .map_err(|e| StoreOpenError::NotReady(e.to_string()))?;
+                .await;
+            if let Err(e) = ready {
+                // Leave nothing running that holds the files.
+                if let Err(stop) = store.shutdown().await {
+                    tracing::warn!("stopping the store that did not become ready: {stop}");
+                }
+                return Err(StoreOpenError::NotReady(e.to_string()));
+            }
             tracing::info!(node = me, revision = store.revision(), "raft store ready");
         }
         Ok(store)
