@@ -268,10 +268,7 @@ impl Cluster {
 
     /// A kube-rs client for the given kubeconfig context/user.
     pub async fn client_for(&self, options: &KubeConfigOptions) -> Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig())
-            .with_context(|| format!("read {}", self.kubeconfig().display()))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, options).await?;
-        Ok(kube::Client::try_from(config)?)
+        client_from_kubeconfig(&self.kubeconfig(), options).await
     }
 
     /// GET a raw path (e.g. `/readyz`) as the admin user; the body as text.
@@ -482,6 +479,17 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// A kube-rs client from any kubeconfig file.
+pub async fn client_from_kubeconfig(
+    path: &Path,
+    options: &KubeConfigOptions,
+) -> Result<kube::Client> {
+    let kubeconfig =
+        Kubeconfig::read_from(path).with_context(|| format!("read {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, options).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) -> Result<()> {

@@ -180,7 +180,19 @@ async fn apply_every_manifest_server_side(c: &Cluster, k: Kubectl) -> Result<()>
             )?;
         }
     }
-    let cm = get_json(c, k, &["get", "configmap", "app-config", "-n", &ns]).await?;
+    let cm = get_json(
+        c,
+        k,
+        &[
+            "get",
+            "configmap",
+            "app-config",
+            "-n",
+            &ns,
+            "--show-managed-fields",
+        ],
+    )
+    .await?;
     let managers = cm["metadata"]["managedFields"]
         .as_array()
         .with_context(|| format!("no managedFields: {cm}"))?;
