@@ -96,7 +96,7 @@ spec:
     spec:
       containers:
         - name: c
-          image: busybox:1.36
+          image: localhost:5000/busybox:1.36
 ";
     let err = c
         .kubectl_stdin_err(k, &["apply", "-n", &ns, "-f", "-"], yaml.as_bytes())

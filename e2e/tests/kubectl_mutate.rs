@@ -85,7 +85,7 @@ async fn create_namespace_and_configmap_from_literal(c: &Cluster, k: Kubectl) ->
                 "web",
                 "-n",
                 "made-by-kubectl",
-                "--image=busybox:1.36",
+                "--image=localhost:5000/busybox:1.36",
                 "--replicas=2",
             ],
         )
@@ -93,7 +93,7 @@ async fn create_namespace_and_configmap_from_literal(c: &Cluster, k: Kubectl) ->
     ensure_contains(&out, "deployment.apps/web created")?;
     let d = get_json(c, k, &["get", "deployment", "web", "-n", "made-by-kubectl"]).await?;
     if d["spec"]["replicas"] != 2
-        || d["spec"]["template"]["spec"]["containers"][0]["image"] != "busybox:1.36"
+        || d["spec"]["template"]["spec"]["containers"][0]["image"] != "localhost:5000/busybox:1.36"
         || d["spec"]["selector"]["matchLabels"]["app"] != "web"
     {
         bail!("deployment from create: {d}");
@@ -280,7 +280,7 @@ async fn patch_json_merge_and_strategic(c: &Cluster, k: Kubectl) -> Result<()> {
             "-n",
             &ns,
             "-p",
-            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.37","env":[{"name":"MODE","value":"patched"}]}]}}}}"#,
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"localhost:5000/busybox:1.37","env":[{"name":"MODE","value":"patched"}]}]}}}}"#,
         ],
     )
     .await?;
@@ -300,7 +300,7 @@ async fn patch_json_merge_and_strategic(c: &Cluster, k: Kubectl) -> Result<()> {
         .as_array()
         .map(|e| e.iter().filter_map(|v| v["name"].as_str()).collect())
         .unwrap_or_default();
-    if web["image"] != "busybox:1.37"
+    if web["image"] != "localhost:5000/busybox:1.37"
         || web["ports"][0]["containerPort"] != 8080
         || !env.contains(&"GREETING")
         || !env.contains(&"MODE")
