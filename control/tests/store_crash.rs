@@ -28,9 +28,10 @@ fn key(name: &str) -> ObjectKey {
 
 fn config(dir: &Path) -> StoreConfig {
     let mut config = StoreConfig::new(1, "in-process:1", dir);
-    // Small enough that some rounds crash around snapshots and log purges.
-    config.snapshot_logs_since_last = 300;
-    config.max_in_snapshot_log_to_keep = 50;
+    // Small enough that some rounds crash around snapshots and log purges. Counted in
+    // Raft entries, and 32 writers share entries (about 10-30 writes each).
+    config.snapshot_logs_since_last = 10;
+    config.max_in_snapshot_log_to_keep = 3;
     config
 }
 

@@ -6,10 +6,11 @@
 //! ```
 //!
 //! The store is deliberately dumb: it keeps JSON objects keyed by resource, namespace and
-//! name, stamps `metadata.resourceVersion` with the revision (the Raft log index) of the
-//! write, checks preconditions, and tails applied writes to watchers. Everything Kubernetes
-//! means by an object (defaults, validation, uid, generation) is decided above it, before a
-//! write is proposed, so a rejected request never reaches the log.
+//! name, stamps `metadata.resourceVersion` with the revision of the write (derived from its
+//! position in the Raft log: unique per write, rising in log order), checks preconditions,
+//! and tails applied writes to watchers. Everything Kubernetes means by an object (defaults,
+//! validation, uid, generation) is decided above it, before a write is proposed, so a
+//! rejected request never reaches the log.
 
 pub mod memory;
 pub mod state;

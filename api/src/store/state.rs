@@ -8,10 +8,14 @@
 //!
 //! `Shared` keeps both under one lock, so a watcher that lists and subscribes in one step
 //! can neither miss nor repeat an event. The Raft state machine and the in-memory store both
-//! apply writes through it; the Raft log index is the revision.
+//! apply writes through it; the caller picks each write's revision (the Raft store derives
+//! it from the write's log position), which must rise with every write.
+//!
+//! When a snapshot replaces the whole state, the events between the old state and the
+//! snapshot are never seen here, so every live watcher ends with `Expired` and relists.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -234,6 +238,9 @@ pub struct WatchHub {
     /// Every event with a revision above this is in `history`.
     floor: u64,
     tx: broadcast::Sender<Arc<StoreEvent>>,
+    /// Set, to the new floor, when the state is replaced: tells the watchers of the current
+    /// `tx` that its channel closed because they must relist, not because the store stopped.
+    replaced: Arc<OnceLock<u64>>,
 }
 
 impl WatchHub {
@@ -244,6 +251,7 @@ impl WatchHub {
             limit: limit.max(1),
             floor,
             tx,
+            replaced: Arc::new(OnceLock::new()),
         }
     }
 
@@ -260,9 +268,15 @@ impl WatchHub {
     }
 
     /// Drop all history, e.g. after a snapshot replaced the state: watches must relist.
+    /// Live watchers get the events already sent to them, then `Expired`.
     pub fn reset(&mut self, floor: u64) {
         self.history.clear();
         self.floor = floor;
+        // Mark first, then close the old channel by dropping its only sender; new watchers
+        // subscribe to the fresh one.
+        let _ = self.replaced.set(floor);
+        self.replaced = Arc::new(OnceLock::new());
+        self.tx = broadcast::channel(BROADCAST_CAPACITY).0;
     }
 
     /// Drop the oldest events so that only `keep` remain (tests force compaction with it).
@@ -294,6 +308,7 @@ impl WatchHub {
         Ok(WatchStream {
             backlog,
             rx: self.tx.subscribe(),
+            replaced: self.replaced.clone(),
             filter,
             after,
             done: false,
@@ -321,14 +336,15 @@ impl Filter {
 pub struct WatchStream {
     backlog: VecDeque<Arc<StoreEvent>>,
     rx: broadcast::Receiver<Arc<StoreEvent>>,
+    replaced: Arc<OnceLock<u64>>,
     filter: Filter,
     after: u64,
     done: bool,
 }
 
 impl WatchStream {
-    /// The next event; `Some(Err(Expired))` once if this watcher fell too far behind, then
-    /// `None`. `None` also when the store shut down.
+    /// The next event; `Some(Err(Expired))` once if this watcher fell too far behind or a
+    /// snapshot replaced the state, then `None`. `None` also when the store shut down.
     pub async fn next(&mut self) -> Option<Result<Arc<StoreEvent>>> {
         if self.done {
             return None;
@@ -355,7 +371,12 @@ impl WatchStream {
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.done = true;
-                    return None;
+                    return self.replaced.get().map(|&oldest| {
+                        Err(StoreError::Expired {
+                            requested: self.after,
+                            oldest,
+                        })
+                    });
                 }
             }
         }
@@ -473,5 +494,84 @@ impl Shared {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn cm(name: &str) -> ObjectKey {
+        ObjectKey::new(Resource::new("", "configmaps"), "default", name)
+    }
+
+    fn create(name: &str) -> WriteOp {
+        WriteOp::Create {
+            key: cm(name),
+            object: json!({"metadata": {"name": name}}),
+        }
+    }
+
+    #[tokio::test]
+    async fn replacing_the_state_expires_live_watches_after_their_pending_events() {
+        let shared = Shared::new(State::default(), 100);
+        let resource = Resource::new("", "configmaps");
+        let mut busy = shared
+            .watch(&resource, None, WatchFrom::Now)
+            .expect("watch")
+            .events;
+        let mut idle = shared
+            .watch(&resource, None, WatchFrom::Revision(0))
+            .expect("watch")
+            .events;
+        shared.apply(1, create("a")).expect("apply");
+        let ev = idle.next().await.expect("event").expect("ok");
+        assert_eq!(ev.revision, 1);
+
+        shared.replace(State::from_parts(
+            5000,
+            [(cm("b"), Bytes::from_static(b"{}"))],
+        ));
+
+        // Sent before the snapshot: still delivered, in order.
+        let ev = busy.next().await.expect("event").expect("ok");
+        assert_eq!((ev.revision, ev.key.name.as_str()), (1, "a"));
+        for (w, after) in [(&mut busy, 1), (&mut idle, 1)] {
+            match w.next().await {
+                Some(Err(StoreError::Expired { requested, oldest })) => {
+                    assert_eq!((requested, oldest), (after, 5000));
+                }
+                other => panic!("expected Expired, got {other:?}"),
+            }
+            assert!(w.next().await.is_none(), "one Expired, then the end");
+        }
+
+        // New watchers live on the new state and see new writes.
+        let mut fresh = shared
+            .watch(&resource, None, WatchFrom::Now)
+            .expect("watch")
+            .events;
+        // Only the new watcher listens to the new channel.
+        assert_eq!(shared.watchers(), 1);
+        shared.apply(5001, create("c")).expect("apply");
+        let ev = fresh.next().await.expect("event").expect("ok");
+        assert_eq!((ev.revision, ev.key.name.as_str()), (5001, "c"));
+        assert!(matches!(
+            shared.watch(&resource, None, WatchFrom::Revision(4999)),
+            Err(StoreError::Expired { oldest: 5000, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_ends_watches_without_expired() {
+        let shared = Shared::new(State::default(), 100);
+        let mut w = shared
+            .watch(&Resource::new("", "configmaps"), None, WatchFrom::Now)
+            .expect("watch")
+            .events;
+        drop(shared);
+        assert!(w.next().await.is_none());
     }
 }

@@ -19,9 +19,10 @@
 //!
 //! Limit found in openraft 0.9.25: `RaftCore::append_to_log` awaits each append's
 //! `LogFlushed` before the core handles its next message, and the core turns every client
-//! write into its own append. So on a leader, concurrent client writes reach this store one
-//! at a time and each pays a full commit; the grouping helps only where several writes are
-//! queued together (votes, purges and appends; openraft 0.10's non-blocking log IO).
+//! write into its own append. So on a leader appends reach this store one at a time; the
+//! grouping of concurrent Kubernetes writes happens before Raft (`super::batch`: one entry
+//! per batch of writes), and the grouping here covers what openraft does queue together
+//! (votes, purges, committed pointers with appends; openraft 0.10's non-blocking log IO).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

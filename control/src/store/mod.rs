@@ -2,23 +2,35 @@
 //! `kith_api::store::state::Shared` every `ObjectStore` wraps.
 //!
 //! ```text
-//!  ObjectStore::write ──client_write──▶ Raft ──append──▶ log::LogStore ──▶ writer thread
-//!                                        │                (pending map)    one redb txn,
-//!                                        │                                 one fsync per batch
-//!                                        │◀──────────── LogFlushed ────────────┘
-//!                                        ├──replicate──▶ network::RaftTransport ──▶ peers
-//!                                        ▼ committed
-//!                                  sm::StateMachine ──Shared::apply(index, op)──▶ objects
-//!                                        │                                        + watch hub
-//!                                        └──snapshots (state.redb)──▶ log purge
-//!  ObjectStore::get/list/watch ───────────────────────────── read Shared (after a
-//!                                                            read barrier if linearizable)
+//!  ObjectStore::write ──▶ batch::run_proposer ──client_write(Vec<WriteOp>)──▶ Raft
+//!   (queue, one reply    (one entry for all                                   │
+//!    per write)           writes queued)                                      │
+//!        ┌─────────────────────────────────────────────────────────────────────┘
+//!        ├──append──▶ log::LogStore ──▶ writer thread: one redb txn, one fsync per batch
+//!        │◀──────────── LogFlushed ──────────────┘
+//!        ├──replicate──▶ network::RaftTransport ──▶ peers
+//!        ▼ committed
+//!  sm::StateMachine ──Shared::apply(revision(index, p), op p)──▶ objects + watch hub
+//!        └──snapshots (state.redb)──▶ log purge
+//!  ObjectStore::get/list/watch ──── read Shared (after a read barrier if linearizable)
 //! ```
 //!
-//! The Raft log index of a write is its `metadata.resourceVersion` (stamped by `State`).
+//! Group commit happens above openraft (`batch`): openraft 0.9 makes every `client_write`
+//! its own append and waits for its fsync before the next, so one write per entry would
+//! cost one fsync per write. Instead a Raft entry carries up to `batch::MAX_BATCH` writes.
+//!
+//! Revisions (`metadata.resourceVersion`) are still derived from the log, one per write:
+//! the write at position `p` (from 0) of the entry at log index `i` has revision
+//! `i * 1000 + p` ("12003" is entry 12, write 3; decimal so a person can read it). Like
+//! etcd's, every write has its own revision, unique and rising in log order, so a watch
+//! can resume from any event's resourceVersion without a gap, and each write in a batch
+//! sees the ones before it (preconditions stay exact). Blank and membership entries
+//! advance the revision to `i * 1000`; a list's revision is the last applied write's.
+//!
 //! Membership is whatever Raft says: one voter when a box bootstraps alone, more when the
 //! multi-box transport joins others through the same `network::RaftTransport` seam.
 
+pub mod batch;
 pub mod log;
 pub mod network;
 pub mod sm;
@@ -28,7 +40,7 @@ use std::io::Cursor;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,7 +54,10 @@ use openraft::error::{
 };
 use openraft::{BasicNode, Config, RaftMetrics, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
+use self::batch::{Pending, WriteCounters, WriteStats};
 use self::log::{LogStats, LogStore};
 use self::network::{InProcessNetwork, Network, RaftTransport};
 use self::sm::StateMachine;
@@ -51,10 +66,11 @@ use self::sm::StateMachine;
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// openraft's view of kith: writes are `WriteOp`s, replies carry the applied result.
+    /// openraft's view of kith: an entry is a batch of `WriteOp`s, its reply one result
+    /// per write.
     pub TypeConfig:
-        D = WriteOp,
-        R = Reply,
+        D = Vec<WriteOp>,
+        R = Replies,
         NodeId = NodeId,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -65,28 +81,30 @@ openraft::declare_raft_types!(
 /// The Raft handle of one node.
 pub type KithRaft = openraft::Raft<TypeConfig>;
 
-/// What applying one log entry produced; travels back to the writer as openraft's `C::R`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Reply {
-    /// The write changed the store; the stored object (for a delete, its last state).
-    Written(#[serde(with = "bytes_as_vec")] Bytes),
-    /// The write was applied at its index but refused by a precondition.
-    Refused(StoreError),
-    /// A blank or membership entry: nothing to tell a writer.
-    Nothing,
-}
+/// What applying one log entry produced: one result per write of its batch, in order
+/// (the stored object, or why a precondition refused it); empty for blank and membership
+/// entries. Travels back to the proposer as openraft's `C::R`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Replies(#[serde(with = "results_wire")] pub Vec<Result<Bytes>>);
 
-/// `Bytes` has no serde support without a feature flag; go through `Vec<u8>`.
-mod bytes_as_vec {
+/// `Bytes` has no serde support without a feature flag; go through byte sequences.
+mod results_wire {
     use bytes::Bytes;
+    use kith_api::store::StoreError;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
+    pub fn serialize<S: Serializer>(
+        results: &[Result<Bytes, StoreError>],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(results.iter().map(|r| r.as_ref().map(|b| b.as_ref())))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        Vec::<u8>::deserialize(d).map(Bytes::from)
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Result<Bytes, StoreError>>, D::Error> {
+        let wire = Vec::<Result<Vec<u8>, StoreError>>::deserialize(d)?;
+        Ok(wire.into_iter().map(|r| r.map(Bytes::from)).collect())
     }
 }
 
@@ -100,7 +118,8 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Events a watch can resume from.
     pub history: usize,
-    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    /// Build a snapshot (and purge the log behind it) after this many applied entries (an
+    /// entry carries 1 to `batch::MAX_BATCH` writes: more under load).
     pub snapshot_logs_since_last: u64,
     /// Applied entries kept in the log behind a snapshot, so a lagging follower can catch up
     /// without a snapshot transfer.
@@ -179,6 +198,10 @@ pub struct RaftStore {
     /// can be reopened at once (by this process or another).
     closed: Vec<Arc<AtomicBool>>,
     request_timeout: Duration,
+    /// Writes for the proposer task, which groups them into Raft entries.
+    proposals: mpsc::Sender<Pending>,
+    proposer: Mutex<Option<JoinHandle<()>>>,
+    write_stats: Arc<WriteStats>,
 }
 
 impl RaftStore {
@@ -216,13 +239,25 @@ impl RaftStore {
         .await
         .map_err(|e| StoreOpenError::Raft(e.to_string()))?;
 
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let write_stats = Arc::new(WriteStats::default());
+        let (proposals, queue) = batch::queue();
+        let proposer = tokio::spawn(batch::run_proposer(
+            raft.clone(),
+            queue,
+            request_timeout,
+            write_stats.clone(),
+        ));
         let store = Arc::new(RaftStore {
             node_id: config.node_id,
             raft,
             shared,
             stats,
             closed,
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            request_timeout,
+            proposals,
+            proposer: Mutex::new(Some(proposer)),
+            write_stats,
         });
 
         let initialized = store
@@ -284,6 +319,15 @@ impl RaftStore {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        // Writers still queued or in flight see their reply dropped: unavailable.
+        let proposer = self
+            .proposer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(proposer) = proposer {
+            proposer.abort();
+        }
         // openraft drops the log store and state machine as its tasks end; poll for it so a
         // caller can reopen the directory right away.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -318,9 +362,15 @@ impl RaftStore {
     }
 
     /// Log writer counters: redb commits and entries written (entries per commit shows how
-    /// well concurrent writes share an fsync).
+    /// well queued appends share an fsync).
     pub fn log_stats(&self) -> log::LogCounters {
         self.stats.counters()
+    }
+
+    /// Proposer counters: Raft entries proposed and the writes they carried (writes per
+    /// entry shows how well concurrent writers share an append, an fsync, a replication).
+    pub fn write_stats(&self) -> WriteCounters {
+        self.write_stats.counters()
     }
 
     async fn read_barrier(&self, mode: ReadMode) -> Result<()> {
@@ -355,13 +405,23 @@ impl ObjectStore for RaftStore {
     }
 
     async fn write(&self, op: WriteOp) -> Result<Bytes> {
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(op)).await {
+        let (reply, result) = oneshot::channel();
+        let queued_and_applied = async {
+            self.proposals
+                .send(Pending { op, reply })
+                .await
+                .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
+            result.await.map_err(|_| {
+                StoreError::Unavailable("the store shut down before the write committed".into())
+            })?
+        };
+        // If this fires while the write is still queued, the proposer drops it unwritten.
+        match tokio::time::timeout(self.request_timeout, queued_and_applied).await {
             Err(_) => Err(StoreError::Unavailable(format!(
                 "write not committed within {}ms; it may still be applied",
                 self.request_timeout.as_millis()
             ))),
-            Ok(Err(e)) => Err(write_error(e)),
-            Ok(Ok(resp)) => reply_result(resp.data),
+            Ok(result) => result,
         }
     }
 
@@ -418,16 +478,6 @@ impl Deref for TrackedDb {
     }
 }
 
-fn reply_result(reply: Reply) -> Result<Bytes> {
-    match reply {
-        Reply::Written(b) => Ok(b),
-        Reply::Refused(e) => Err(e),
-        Reply::Nothing => Err(StoreError::Internal(
-            "a client write was applied as a blank entry".into(),
-        )),
-    }
-}
-
 fn not_leader(f: &ForwardToLeader<NodeId, BasicNode>) -> StoreError {
     StoreError::Unavailable(match (f.leader_id, &f.leader_node) {
         (Some(id), Some(node)) => format!("not the leader; leader is {id} at {}", node.addr),
@@ -436,7 +486,7 @@ fn not_leader(f: &ForwardToLeader<NodeId, BasicNode>) -> StoreError {
     })
 }
 
-fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
+pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(&f),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
@@ -534,34 +584,21 @@ mod tests {
     }
 
     #[test]
-    fn replies_become_results() {
-        assert_eq!(
-            reply_result(Reply::Written(Bytes::from_static(b"{}"))),
-            Ok(Bytes::from_static(b"{}"))
-        );
-        assert_eq!(
-            reply_result(Reply::Refused(StoreError::NotFound)),
-            Err(StoreError::NotFound)
-        );
-        assert!(matches!(
-            reply_result(Reply::Nothing),
-            Err(StoreError::Internal(_))
-        ));
-    }
-
-    #[test]
-    fn reply_survives_serde() {
-        for reply in [
-            Reply::Written(Bytes::from_static(b"{\"a\":1}")),
-            Reply::Refused(StoreError::Conflict {
-                expected: "3".into(),
-                actual: "4".into(),
-            }),
-            Reply::Nothing,
+    fn replies_survive_serde() {
+        for replies in [
+            Replies(vec![
+                Ok(Bytes::from_static(b"{\"a\":1}")),
+                Err(StoreError::Conflict {
+                    expected: "3".into(),
+                    actual: "4".into(),
+                }),
+                Ok(Bytes::new()),
+            ]),
+            Replies::default(),
         ] {
-            let json = serde_json::to_vec(&reply).expect("serialize");
-            let back: Reply = serde_json::from_slice(&json).expect("deserialize");
-            assert_eq!(back, reply);
+            let json = serde_json::to_vec(&replies).expect("serialize");
+            let back: Replies = serde_json::from_slice(&json).expect("deserialize");
+            assert_eq!(back, replies);
         }
     }
 }

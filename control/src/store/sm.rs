@@ -1,7 +1,8 @@
 //! The state machine: the objects live in memory in `Shared`; only snapshots reach disk.
 //!
 //! ```text
-//!  committed entries ──apply──▶ Shared::apply(index, op) / Shared::advance(index)
+//!  committed entries ──apply──▶ Shared::apply(revision(index, p), op p) for each write
+//!                               / Shared::advance(revision(index, 0)) for blank, membership
 //!                                   │ (memory only: no fsync per write, the log has it)
 //!  build_snapshot ── clone State ──▶ encode ──▶ state.redb {meta, data} (Immediate)
 //!  install_snapshot ◀── leader ─── decode ──▶ state.redb, then Shared::replace
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kith_api::store::state::{Shared, State};
-use kith_api::store::ObjectKey;
+use kith_api::store::{ObjectKey, StoreError, WriteOp};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
@@ -28,7 +29,8 @@ use openraft::{
 };
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{NodeId, Reply, StoreOpenError, TrackedDb, TypeConfig};
+use super::batch::{revision, MAX_BATCH};
+use super::{NodeId, Replies, StoreOpenError, TrackedDb, TypeConfig};
 
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const META_KEY: &str = "meta";
@@ -264,6 +266,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Apply the writes of the entry at `index` in order, each at its own revision, so each
+/// sees the ones before it.
+fn apply_batch(shared: &Shared, index: u64, ops: Vec<WriteOp>) -> Replies {
+    let results = ops
+        .into_iter()
+        .enumerate()
+        .map(|(position, op)| {
+            if position < MAX_BATCH {
+                shared.apply(revision(index, position), op)
+            } else {
+                // Only a proposer that ignored MAX_BATCH writes this; applying it would
+                // give the write the revision of the next entry's first one. Refused the
+                // same way on every replica.
+                Err(StoreError::Internal(format!(
+                    "write {position} of entry {index} is beyond the {MAX_BATCH} writes an entry may carry"
+                )))
+            }
+        })
+        .collect();
+    Replies(results)
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -273,7 +297,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Reply>>
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<Replies>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -284,17 +308,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => {
-                    self.shared.advance(index);
-                    Reply::Nothing
+                    self.shared.advance(revision(index, 0));
+                    Replies::default()
                 }
-                EntryPayload::Normal(op) => match self.shared.apply(index, op) {
-                    Ok(object) => Reply::Written(object),
-                    Err(e) => Reply::Refused(e),
-                },
+                EntryPayload::Normal(ops) => apply_batch(&self.shared, index, ops),
                 EntryPayload::Membership(m) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    self.shared.advance(index);
-                    Reply::Nothing
+                    self.shared.advance(revision(index, 0));
+                    Replies::default()
                 }
             };
             replies.push(reply);
@@ -349,7 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
-    use kith_api::store::{Resource, WriteOp};
+    use kith_api::store::Resource;
     use serde_json::json;
 
     use super::*;
@@ -379,6 +400,69 @@ mod tests {
         assert_eq!(a, b);
         let empty = decode_state(&encode_state(&State::default())).expect("decode empty");
         assert_eq!((empty.revision(), empty.len()), (0, 0));
+    }
+
+    fn rv(b: &Bytes) -> String {
+        kith_api::store::state::stored_version(b).0
+    }
+
+    #[test]
+    fn a_batch_applies_in_order_each_write_at_its_own_revision() {
+        let shared = Shared::new(State::default(), 100);
+        let key = ObjectKey::new(Resource::new("", "configmaps"), "default", "a");
+        let expect = |rv: u64| kith_api::store::Precondition {
+            resource_version: Some(rv),
+            uid: None,
+        };
+        let ops = vec![
+            WriteOp::Create {
+                key: key.clone(),
+                object: json!({"metadata": {"name": "a"}}),
+            },
+            // Sees the create just before it in the same entry.
+            WriteOp::Update {
+                key: key.clone(),
+                object: json!({"metadata": {"name": "a"}, "data": {"k": "2"}}),
+                expect: expect(12_000),
+            },
+            WriteOp::Create {
+                key: key.clone(),
+                object: json!({"metadata": {"name": "a"}}),
+            },
+            WriteOp::Delete {
+                key: key.clone(),
+                expect: expect(12_000),
+            },
+        ];
+        let Replies(results) = apply_batch(&shared, 12, ops);
+        assert_eq!(results.len(), 4);
+        assert_eq!(rv(results[0].as_ref().expect("create")), "12000");
+        assert_eq!(rv(results[1].as_ref().expect("update")), "12001");
+        assert_eq!(results[2], Err(StoreError::AlreadyExists));
+        assert!(
+            matches!(&results[3], Err(StoreError::Conflict { actual, .. }) if actual == "12001"),
+            "{:?}",
+            results[3]
+        );
+        // A refused write still used its revision: the list revision is the last write's.
+        assert_eq!(shared.revision(), 12_003);
+        assert_eq!(rv(&shared.get(&key).expect("stored")), "12001");
+    }
+
+    #[test]
+    fn writes_beyond_max_batch_are_refused_not_given_a_neighbours_revision() {
+        let shared = Shared::new(State::default(), 10);
+        let ops: Vec<WriteOp> = (0..=MAX_BATCH)
+            .map(|i| WriteOp::Create {
+                key: ObjectKey::new(Resource::new("", "configmaps"), "d", &format!("n{i}")),
+                object: json!({"metadata": {}}),
+            })
+            .collect();
+        let Replies(results) = apply_batch(&shared, 3, ops);
+        assert!(results[..MAX_BATCH].iter().all(|r| r.is_ok()));
+        assert!(matches!(results[MAX_BATCH], Err(StoreError::Internal(_))));
+        assert_eq!(shared.revision(), revision(3, MAX_BATCH - 1));
+        assert!(shared.revision() < revision(4, 0));
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! Group commit above openraft: concurrent writes become one Raft entry, so they share one
+//! log append, one fsync and one replication round.
+//!
+//! ```text
+//!  RaftStore::write(op) ──(op, reply)──▶ queue ──▶ proposer task (one per node)
+//!    waits on reply ◀──────┐                        wait for one op, take whatever else
+//!                          │                        is queued (≤ MAX_BATCH), drop the ones
+//!                          │                        whose writer gave up
+//!                          │                              │ client_write(Vec<WriteOp>)
+//!                          │                              ▼
+//!                          │                        Raft: one entry, one append/fsync
+//!                          └──── result of op p ◀── sm applies op p at revision(i, p)
+//! ```
+//!
+//! openraft 0.9.25 turns every `client_write` into its own log append and waits for that
+//! append's fsync before it takes the next message, so grouping has to happen before Raft
+//! sees the writes. The proposer keeps one batch in flight: while it waits for that batch,
+//! new writes queue up and form the next one, so the busier the store, the larger the
+//! batches and the fewer fsyncs per write. An idle store proposes a lone write at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kith_api::store::{Result, StoreError, WriteOp};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{write_error, KithRaft};
+
+/// Most writes in one Raft entry. Also the revision stride: op `p` of the entry at log
+/// index `i` has revision `i * MAX_BATCH + p`, so the bound keeps revisions unique.
+pub const MAX_BATCH: usize = 1000;
+
+/// Writes waiting for the proposer. Each writer has one write in flight, so this only
+/// bounds bursts from very many writers; a full queue makes writers wait, not fail.
+const QUEUE: usize = 4 * MAX_BATCH;
+
+/// The revision (resourceVersion) of the write at `position` in the entry at log `index`.
+/// Blank and membership entries advance the revision to `revision(index, 0)`.
+pub fn revision(index: u64, position: usize) -> u64 {
+    // A log index near u64::MAX / 1000 is centuries of writes away; saturate rather than
+    // wrap so revisions at least never go backwards.
+    index
+        .saturating_mul(MAX_BATCH as u64)
+        .saturating_add(position as u64)
+}
+
+/// One write waiting to be proposed, and where its result goes.
+pub(crate) struct Pending {
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Result<Bytes>>,
+}
+
+/// Counters of the proposer.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    proposals: AtomicU64,
+    ops: AtomicU64,
+    largest: AtomicU64,
+}
+
+/// A reading of `WriteStats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteCounters {
+    /// Raft entries proposed by this node (`client_write` calls).
+    pub proposals: u64,
+    /// Writes carried by those entries.
+    pub ops: u64,
+    /// The most writes one entry carried.
+    pub largest: u64,
+}
+
+impl WriteStats {
+    pub fn counters(&self) -> WriteCounters {
+        WriteCounters {
+            proposals: self.proposals.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+            largest: self.largest.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, ops: usize) {
+        let ops = ops as u64;
+        self.proposals.fetch_add(1, Ordering::Relaxed);
+        self.ops.fetch_add(ops, Ordering::Relaxed);
+        self.largest.fetch_max(ops, Ordering::Relaxed);
+    }
+}
+
+/// The writers' end of the queue.
+pub(crate) fn queue() -> (mpsc::Sender<Pending>, mpsc::Receiver<Pending>) {
+    mpsc::channel(QUEUE)
+}
+
+/// Propose queued writes in batches until every sender is gone.
+pub(crate) async fn run_proposer(
+    raft: KithRaft,
+    mut queue: mpsc::Receiver<Pending>,
+    timeout: Duration,
+    stats: Arc<WriteStats>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // A writer that timed out or was cancelled while queued gets no write behind its
+        // back: nothing was proposed for it yet.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+            batch.drain(..).map(|p| (p.op, p.reply)).unzip();
+        stats.record(ops.len());
+        let n = ops.len();
+        let results = propose(&raft, ops, timeout).await;
+        fan_out(results, replies, n);
+    }
+    tracing::debug!("write proposer stopped");
+}
+
+/// One `client_write` for the whole batch: its per-op results, or why none were applied.
+async fn propose(
+    raft: &KithRaft,
+    ops: Vec<WriteOp>,
+    timeout: Duration,
+) -> std::result::Result<Vec<Result<Bytes>>, StoreError> {
+    match tokio::time::timeout(timeout, raft.client_write(ops)).await {
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "write not committed within {}ms; it may still be applied",
+            timeout.as_millis()
+        ))),
+        Ok(Err(e)) => Err(write_error(e)),
+        Ok(Ok(resp)) => Ok(resp.data.0),
+    }
+}
+
+/// Hand result `p` to writer `p`; an error of the whole batch to every writer in it.
+fn fan_out(
+    results: std::result::Result<Vec<Result<Bytes>>, StoreError>,
+    replies: Vec<oneshot::Sender<Result<Bytes>>>,
+    proposed: usize,
+) {
+    match results {
+        Ok(results) => {
+            let got = results.len();
+            let mut results = results.into_iter();
+            for reply in replies {
+                let result = results.next().unwrap_or_else(|| {
+                    Err(StoreError::Internal(format!(
+                        "a batch of {proposed} writes was applied with {got} results"
+                    )))
+                });
+                // The writer may have stopped waiting; its write is applied all the same.
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_are_unique_and_follow_log_order() {
+        assert_eq!(revision(12, 3), 12_003);
+        assert_eq!(revision(1, 0), 1000);
+        // The last op of an entry stays below the first of the next one.
+        assert!(revision(7, MAX_BATCH - 1) < revision(8, 0));
+        assert_eq!(revision(u64::MAX, 5), u64::MAX);
+    }
+
+    #[tokio::test]
+    async fn results_go_to_their_writers_in_order() {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..3).map(|_| oneshot::channel()).unzip();
+        let results = vec![
+            Ok(Bytes::from_static(b"a")),
+            Err(StoreError::AlreadyExists),
+            Ok(Bytes::from_static(b"c")),
+        ];
+        fan_out(Ok(results.clone()), txs, 3);
+        let mut got = Vec::new();
+        for rx in rxs {
+            got.push(rx.await.expect("reply"));
+        }
+        assert_eq!(got, results);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_writer_and_short_results_are_internal() {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
+        let down = StoreError::Unavailable("not the leader".into());
+        fan_out(Err(down.clone()), txs, 2);
+        for rx in rxs {
+            assert_eq!(rx.await.expect("reply"), Err(down.clone()));
+        }
+
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
+        fan_out(Ok(vec![Ok(Bytes::from_static(b"a"))]), txs, 2);
+        let second = rxs.pop().expect("rx").await.expect("reply");
+        assert!(matches!(second, Err(StoreError::Internal(_))), "{second:?}");
+        let first = rxs.pop().expect("rx").await.expect("reply");
+        assert_eq!(first, Ok(Bytes::from_static(b"a")));
+    }
+}
