@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's bench command:
+#
+#   bash scripts/bench.sh [--quick] [kith-bench arguments, e.g. --secs 10 --no-etcd]
+#
+# 1. installs etcd 3.4 (Debian's etcd-server) for the baseline if /usr/bin/etcd is missing;
+# 2. builds the release `kith` and `kith-bench` binaries (same package selection as
+#    scripts/test.sh, so the two share one build);
+# 3. runs kith-bench, which starts kith (and etcd) on 127.0.0.1 with temporary data
+#    directories and prints one `BENCH {json}` line per figure on stdout.
+#
+# --quick: 5 s throughput phases and shorter settling, for checking that it works.
+# Everything stops by itself; a full run takes about 2-3 minutes after the build.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+etcd=${KITH_ETCD:-/usr/bin/etcd}
+if [[ ! -x $etcd ]]; then
+    echo "bench.sh: installing etcd-server (baseline)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq etcd-server >/dev/null
+    # Debian's package would start a system etcd on 127.0.0.1:2379 where systemd runs; the
+    # bench starts its own on free ports, so that one is harmless but not needed.
+fi
+if [[ ! -x $etcd ]]; then
+    echo "bench.sh: no etcd at $etcd after installing etcd-server; running without baseline" >&2
+    set -- "$@" --no-etcd
+fi
+export KITH_ETCD=$etcd
+
+cargo build --release --bin kith --bin kith-bench
+target=${CARGO_TARGET_DIR:-$root/target}
+export KITH_BIN=${KITH_BIN:-$target/release/kith}
+
+exec "$target/release/kith-bench" "$@"
