@@ -215,6 +215,25 @@ fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Who owns the fields a write sets (`metadata.managedFields`).
+enum Ownership {
+    /// An ordinary write: the manager takes the fields it changed.
+    Update,
+    /// A server-side apply, whose own computation already produced `managedFields`.
+    Applied(Value),
+}
+
+impl Ownership {
+    fn record(self, old: Option<&Value>, new: &mut Value, manager: &str, now: &str) {
+        match self {
+            Ownership::Update => patch::record_update(old, new, manager, now),
+            Ownership::Applied(managed) => {
+                meta_mut(new).insert("managedFields".into(), managed);
+            }
+        }
+    }
+}
+
 /// The REST layer over one store.
 pub struct Api<S> {
     pub store: S,
@@ -362,6 +381,18 @@ impl<S: ObjectStore> Api<S> {
         body: Value,
         manager: &str,
     ) -> Result<Reply> {
+        self.create_owned(r, q, body, manager, Ownership::Update)
+            .await
+    }
+
+    async fn create_owned(
+        &self,
+        r: &ResourceRoute,
+        q: &Query,
+        body: Value,
+        manager: &str,
+        own: Ownership,
+    ) -> Result<Reply> {
         if let (Some(name), Some(sub)) = (&r.name, &r.subresource) {
             return match sub.as_str() {
                 "binding" if r.kind.has(Subresource::Binding) => self.bind(r, q, name, body).await,
@@ -417,7 +448,7 @@ impl<S: ObjectStore> Api<S> {
             }
         }
         initial_status(kind, &mut obj);
-        patch::record_update(None, &mut obj, manager, &now_rfc3339(self.now()));
+        own.record(None, &mut obj, manager, &now_rfc3339(self.now()));
         if kind.namespaced {
             self.check_namespace_open(kind, r.namespace.as_deref().unwrap_or_default(), &name)
                 .await?;
@@ -482,10 +513,12 @@ impl<S: ObjectStore> Api<S> {
             )
             .await?;
         let expect = resource_version(&obj);
-        self.replace(r, q, old, obj, expect, manager).await
+        self.replace(r, q, old, obj, expect, manager, Ownership::Update)
+            .await
     }
 
     /// Write `candidate` over `old` through the full admission path.
+    #[allow(clippy::too_many_arguments)]
     async fn replace(
         &self,
         r: &ResourceRoute,
@@ -494,6 +527,7 @@ impl<S: ObjectStore> Api<S> {
         candidate: Value,
         expect: Option<u64>,
         manager: &str,
+        own: Ownership,
     ) -> Result<Reply> {
         let kind = r.kind;
         let name = meta_str(&old, "name").unwrap_or_default().to_string();
@@ -556,7 +590,7 @@ impl<S: ObjectStore> Api<S> {
             meta_mut(&mut obj2).insert("generation".into(), json!(g + 1));
         }
         if sub.is_none() {
-            patch::record_update(Some(&old), &mut obj2, manager, &now_rfc3339(self.now()));
+            own.record(Some(&old), &mut obj2, manager, &now_rfc3339(self.now()));
         } else {
             // Subresource writes keep the main resource's field ownership as it was.
             if let Some(mf) = meta(&old).get("managedFields") {
@@ -660,7 +694,7 @@ impl<S: ObjectStore> Api<S> {
                 Err(e) => return Err(e),
             };
             let now = now_rfc3339(self.now());
-            let mut patched = apply_patch(r.kind, &old, &patch_doc, ty, manager, q.force, &now)?;
+            let patched = apply_patch(r.kind, &old, &patch_doc, ty, manager, q.force, &now)?;
             // The patch may not rename or move the object.
             for f in ["name", "namespace", "uid"] {
                 if meta(&patched).get(f) != meta(&old).get(f) && meta(&patched).get(f).is_some() {
@@ -678,21 +712,18 @@ impl<S: ObjectStore> Api<S> {
             let explicit =
                 resource_version(&patched).filter(|rv| Some(*rv) != resource_version(&old));
             let expect = explicit.or(resource_version(&old));
-            if ty == BodyType::ApplyPatch {
-                // Field ownership was computed by the apply itself; keep it through `replace`.
-                meta_mut(&mut patched);
-            }
-            let res = self
-                .replace_with_fields(
-                    r,
-                    q,
-                    old,
-                    patched,
-                    expect,
-                    manager,
-                    ty == BodyType::ApplyPatch,
+            // For an apply, field ownership was computed by the apply itself.
+            let own = if ty == BodyType::ApplyPatch {
+                Ownership::Applied(
+                    meta(&patched)
+                        .get("managedFields")
+                        .cloned()
+                        .unwrap_or(json!([])),
                 )
-                .await;
+            } else {
+                Ownership::Update
+            };
+            let res = self.replace(r, q, old, patched, expect, manager, own).await;
             match res {
                 Err(ApiError::Conflict(_)) if explicit.is_none() && attempt < PATCH_RETRIES => {
                     continue
@@ -700,55 +731,6 @@ impl<S: ObjectStore> Api<S> {
                 other => return other,
             }
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn replace_with_fields(
-        &self,
-        r: &ResourceRoute,
-        q: &Query,
-        old: Value,
-        patched: Value,
-        expect: Option<u64>,
-        manager: &str,
-        keep_managed: bool,
-    ) -> Result<Reply> {
-        if !keep_managed {
-            return self.replace(r, q, old, patched, expect, manager).await;
-        }
-        let managed = meta(&patched).get("managedFields").cloned();
-        let mut reply = self
-            .replace(r, q, old.clone(), patched, expect, manager)
-            .await?;
-        // `replace` recorded an Update; for an apply the apply's own ownership is the truth.
-        if let Some(mf) = managed {
-            if reply.body != old && !q.dry_run {
-                let name = meta_str(&reply.body, "name")
-                    .unwrap_or_default()
-                    .to_string();
-                let mut fixed = reply.body.clone();
-                meta_mut(&mut fixed).insert("managedFields".into(), mf);
-                let rv = resource_version(&fixed);
-                let key = self.key(r.kind, r.namespace.as_deref(), &name);
-                reply.body = self
-                    .write_value(
-                        r.kind,
-                        &name,
-                        WriteOp::Update {
-                            key,
-                            object: fixed,
-                            expect: Precondition {
-                                resource_version: rv,
-                                uid: None,
-                            },
-                        },
-                    )
-                    .await?;
-            } else {
-                meta_mut(&mut reply.body).insert("managedFields".into(), mf);
-            }
-        }
-        Ok(reply)
     }
 
     /// Server-side apply of an object that does not exist yet: create it.
@@ -774,42 +756,18 @@ impl<S: ObjectStore> Api<S> {
                 }
             }
         }
-        let managed = meta(&obj).get("managedFields").cloned();
+        let managed = meta(&obj)
+            .get("managedFields")
+            .cloned()
+            .unwrap_or(json!([]));
         let route = ResourceRoute {
             kind: r.kind,
             namespace: r.namespace.clone(),
             name: None,
             subresource: None,
         };
-        let mut reply = self.create(&route, q, obj, manager).await?;
-        if let Some(mf) = managed {
-            let name = meta_str(&reply.body, "name")
-                .unwrap_or_default()
-                .to_string();
-            let mut fixed = reply.body.clone();
-            meta_mut(&mut fixed).insert("managedFields".into(), mf);
-            if !q.dry_run {
-                let rv = resource_version(&fixed);
-                let key = self.key(r.kind, r.namespace.as_deref(), &name);
-                reply.body = self
-                    .write_value(
-                        r.kind,
-                        &name,
-                        WriteOp::Update {
-                            key,
-                            object: fixed,
-                            expect: Precondition {
-                                resource_version: rv,
-                                uid: None,
-                            },
-                        },
-                    )
-                    .await?;
-            } else {
-                reply.body = fixed;
-            }
-        }
-        Ok(reply)
+        self.create_owned(&route, q, obj, manager, Ownership::Applied(managed))
+            .await
     }
 
     /// GET-modify-write of `spec.replicas` through an autoscaling/v1 Scale.
@@ -863,7 +821,10 @@ impl<S: ObjectStore> Api<S> {
                 name: r.name.clone(),
                 subresource: None,
             };
-            match self.replace(&main, q, old, obj, expect, manager).await {
+            match self
+                .replace(&main, q, old, obj, expect, manager, Ownership::Update)
+                .await
+            {
                 Ok(mut reply) => {
                     reply.body = scale_of(r.kind, &reply.body);
                     return Ok(reply);

@@ -598,3 +598,78 @@ async fn requests_without_credentials_are_unauthorized() {
         "health is public"
     );
 }
+
+#[tokio::test]
+async fn server_side_apply_creates_and_updates_in_one_write_each() {
+    let h = Harness::new().await;
+    let cms = "/api/v1/namespaces/t/configmaps";
+    let revision = |v: &Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = revision(&h.get(cms).await.1);
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1"}});
+    let path = format!("{cms}/s?fieldManager=tester");
+    let (code, c) = h
+        .call(
+            Method::PATCH,
+            &path,
+            "application/apply-patch+yaml",
+            applied.clone(),
+        )
+        .await;
+    assert_eq!(code, 201, "{c}");
+    assert_eq!(
+        revision(&c),
+        before + 1,
+        "created with its field ownership in one write"
+    );
+    let mf = &c["metadata"]["managedFields"][0];
+    assert_eq!(
+        (mf["manager"].as_str(), mf["operation"].as_str()),
+        (Some("tester"), Some("Apply"))
+    );
+    let mut changed = applied;
+    changed["data"]["a"] = json!("2");
+    let (code, c2) = h
+        .call(
+            Method::PATCH,
+            &path,
+            "application/apply-patch+yaml",
+            changed,
+        )
+        .await;
+    assert_eq!(code, 200, "{c2}");
+    assert_eq!(revision(&c2), revision(&c) + 1, "one write per apply");
+    assert_eq!(c2["metadata"]["managedFields"][0]["operation"], "Apply");
+    // Another manager changing an applied field conflicts unless forced.
+    let other = format!("{cms}/s?fieldManager=other");
+    let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "3"}});
+    let (code, st) = h
+        .call(
+            Method::PATCH,
+            &other,
+            "application/apply-patch+yaml",
+            theirs.clone(),
+        )
+        .await;
+    assert_eq!(code, 409, "{st}");
+    assert_eq!(st["details"]["causes"][0]["type"], "FieldManagerConflict");
+    assert_eq!(
+        h.get(&format!("{cms}/s")).await.1["data"]["a"],
+        "2",
+        "a conflict changes nothing"
+    );
+    let (code, _) = h
+        .call(
+            Method::PATCH,
+            &format!("{other}&force=true"),
+            "application/apply-patch+yaml",
+            theirs,
+        )
+        .await;
+    assert_eq!(code, 200);
+}

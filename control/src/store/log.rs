@@ -53,8 +53,9 @@ const MAX_BATCH: usize = 4096;
 /// How long a committed pointer waits for a batch to ride along with before it is written
 /// alone. Losing it (crash) only means less replay at restart; the leader re-commits.
 const COMMITTED_IDLE: Duration = Duration::from_millis(20);
-/// redb's page cache; the log is read back rarely (replication catch-up, startup).
-const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// redb's page cache; the log is read back rarely (replication catch-up, startup), and an
+/// idle edge box should not keep tens of MB of log pages resident.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 

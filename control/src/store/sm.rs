@@ -35,7 +35,9 @@ use super::{NodeId, Replies, StoreOpenError, TrackedDb, TypeConfig};
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const META_KEY: &str = "meta";
 const DATA_KEY: &str = "data";
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// The snapshot database is written once per snapshot and read once at start: a page cache
+/// would only hold a copy of data the state machine already has in memory.
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 type Meta = SnapshotMeta<NodeId, BasicNode>;
