@@ -597,6 +597,13 @@ impl<S: ObjectStore> Api<S> {
                 meta_mut(&mut obj2).insert("managedFields".into(), mf.clone());
             }
         }
+        // A stale precondition fails even when the write would change nothing, as the
+        // client's view of the object is out of date either way.
+        if let Some(want) = expect {
+            if resource_version(&old) != Some(want) {
+                return Err(ApiError::Conflict(target(kind, &name)));
+            }
+        }
         let unchanged = obj2 == old;
         if unchanged || q.dry_run {
             return Ok(Reply {

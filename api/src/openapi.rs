@@ -78,6 +78,48 @@ pub fn index() -> Value {
 }
 
 /// The OpenAPI document of one group-version (core is group `""`), or `None` if not served.
+/// Content-Type of a protobuf OpenAPI v2 document (gnostic `openapi_v2.Document`).
+/// (kube-openapi replies with a dot where clients ask with `@`, which Go cannot parse.)
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// The `/openapi/v2` document. kith publishes its schemas as OpenAPI v3 only; the v2
+/// document declares the API with no definitions, which is what kubectl consults when a
+/// manifest names a kind the v3 documents do not have (so it reports the kind as unknown).
+pub fn v2_document(protobuf: bool) -> Vec<u8> {
+    let version = crate::discovery::version()["gitVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if !protobuf {
+        let doc = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": version}, "paths": {}});
+        return serde_json::to_vec(&doc).unwrap_or_default();
+    }
+    // Protobuf by hand: three fields of gnostic's Document (1 swagger, 2 info{1 title,
+    // 2 version}, 8 paths) — not worth a code generator.
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push((number << 3) | 2);
+        let mut len = bytes.len();
+        loop {
+            let b = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes");
+    field(&mut info, 2, version.as_bytes());
+    let mut doc = Vec::new();
+    field(&mut doc, 1, b"2.0");
+    field(&mut doc, 2, &info);
+    field(&mut doc, 8, &[]);
+    doc
+}
+
 pub fn group_version_doc(group: &str, version: &str) -> Option<&'static Value> {
     find(group, version).map(|d| &d.value)
 }
@@ -154,6 +196,7 @@ fn build_document(group: &str, version: &str) -> Value {
         kind.typed.schema(&mut gen);
     }
     let mut schemas = gen.take_definitions(true);
+    crate::patch::annotate_openapi(&mut schemas);
 
     for kind in &kinds {
         let name = kind.typed.schema_name();

@@ -22,6 +22,8 @@ pub enum Route {
         version: String,
     },
     OpenApiIndex,
+    /// `/openapi/v2`: kubectl's fallback when a kind is missing from the v3 documents.
+    OpenApiV2,
     OpenApiDoc {
         group: String,
         version: String,
@@ -55,6 +57,7 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["api"] => Ok(Route::Discovery { core: true }),
         ["apis"] => Ok(Route::Discovery { core: false }),
         ["openapi", "v3"] => Ok(Route::OpenApiIndex),
+        ["openapi", "v2"] => Ok(Route::OpenApiV2),
         ["openapi", "v3", "api", v] => Ok(Route::OpenApiDoc {
             group: String::new(),
             version: v.to_string(),

@@ -156,6 +156,18 @@ impl<S: ObjectStore> ApiService<S> {
                 Ok(json_response(StatusCode::OK, &body, &[]))
             }
             Route::OpenApiIndex => Ok(json_response(StatusCode::OK, &openapi::index(), &[])),
+            Route::OpenApiV2 => {
+                let protobuf = accept.as_deref().is_some_and(|a| a.contains("protobuf"));
+                let mut r = Response::new(full(openapi::v2_document(protobuf)));
+                let ct = if protobuf {
+                    openapi::V2_PROTOBUF
+                } else {
+                    "application/json"
+                };
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+                Ok(r)
+            }
             Route::OpenApiDoc { group, version } => {
                 // Documents are built once and served as the same bytes every time.
                 let doc = openapi::group_version_json(&group, &version).ok_or(ApiError::NoRoute)?;

@@ -173,6 +173,18 @@ async fn stale_resource_version_conflicts_and_changes_nothing() {
     assert_eq!(status["reason"], "Conflict");
     let (_, now) = h.get("/api/v1/namespaces/t/configmaps/c").await;
     assert_eq!(now["data"]["a"], "2");
+    // Even a write that would change nothing is refused when its version is stale.
+    let mut same_but_stale = now.clone();
+    same_but_stale["metadata"]["resourceVersion"] = cm["metadata"]["resourceVersion"].clone();
+    let (code, _) = h
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/t/configmaps/c",
+            "application/json",
+            same_but_stale,
+        )
+        .await;
+    assert_eq!(code, 409);
 }
 
 #[tokio::test]

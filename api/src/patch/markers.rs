@@ -482,6 +482,46 @@ impl<'a> Node<'a> {
     }
 }
 
+/// Put the merge markers on the schemas of an OpenAPI document, as kube-apiserver
+/// publishes them: kubectl reads them (OpenAPI v3) to build strategic merge patches, and
+/// without them it treats every list as atomic and re-sends whole lists on each apply.
+pub fn annotate_openapi(schemas: &mut Map<String, Value>) {
+    for (def, field, m) in MARKERS {
+        let Some(prop) = schemas
+            .get_mut(*def)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(*field))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let strategy: Vec<&str> = [(m.merge, "merge"), (m.retain_keys, "retainKeys")]
+            .into_iter()
+            .filter_map(|(on, s)| on.then_some(s))
+            .collect();
+        if !strategy.is_empty() {
+            prop.insert(
+                "x-kubernetes-patch-strategy".into(),
+                Value::from(strategy.join(",")),
+            );
+        }
+        if let Some(key) = m.merge_key {
+            prop.insert("x-kubernetes-patch-merge-key".into(), Value::from(key));
+        }
+        match m.list {
+            ListType::Set => {
+                prop.insert("x-kubernetes-list-type".into(), Value::from("set"));
+            }
+            ListType::Map(keys) => {
+                prop.insert("x-kubernetes-list-type".into(), Value::from("map"));
+                let keys: Vec<Value> = keys.iter().map(|(k, _)| Value::from(*k)).collect();
+                prop.insert("x-kubernetes-list-map-keys".into(), Value::Array(keys));
+            }
+            ListType::Atomic => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ mod markers;
 mod strategic;
 
 pub use apply::{fields_v1, record_update, server_side_apply, ApplyError};
+pub use markers::annotate_openapi;
 pub use strategic::strategic_merge;
 
 use serde_json::Value;
