@@ -109,12 +109,13 @@ pub async fn run(
     }
     let auth = Authenticator::new(pki.tokens());
     let service = ApiService::new(api.clone(), auth);
+    let client = crate::client::in_process(service.clone(), system_user());
     let tls = pki.server_config()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, tls, service, async {
         let _ = stop_rx.await;
     }));
-    let controllers = tokio::spawn(controllers::namespace::run(api.clone()));
+    let mut controllers = controllers::spawn_all(client, api.clone());
     let kubeconfig = dir.join("kubeconfig");
     let url = client_url(cfg.listen);
     pki.write_kubeconfig(&kubeconfig, &url)?;
@@ -123,7 +124,7 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
-    controllers.abort();
+    controllers.abort_all();
     let _ = server.await;
     if let Err(e) = store.shutdown().await {
         tracing::warn!(error = %e, "store shutdown");

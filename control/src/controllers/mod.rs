@@ -1,4 +1,18 @@
 //! In-process controllers of the control plane. Each keeps its decision in a pure
-//! function tested by tables and a thin loop that carries it out.
+//! function tested by tables and a thin loop that carries it out. They reach the API
+//! through an in-process `kube::Client` (see [`crate::client`]), like any other client.
 
 pub mod namespace;
+
+use std::sync::Arc;
+
+use kith_api::handler::Api;
+use kith_api::store::ObjectStore;
+use tokio::task::JoinSet;
+
+/// Start every controller (and the scheduler); they run until the set is dropped.
+pub fn spawn_all<S: ObjectStore>(_client: kube::Client, api: Arc<Api<S>>) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    set.spawn(namespace::run(api));
+    set
+}
