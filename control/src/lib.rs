@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod controllers;
+pub mod events;
 pub mod pki;
 pub mod store;
 pub mod up;
