@@ -3,6 +3,7 @@
 //! through an in-process `kube::Client` (see [`crate::client`]), like any other client.
 
 pub mod namespace;
+pub mod replicaset;
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use kith_api::store::ObjectStore;
 use tokio::task::JoinSet;
 
 /// Start every controller (and the scheduler); they run until the set is dropped.
-pub fn spawn_all<S: ObjectStore>(_client: kube::Client, api: Arc<Api<S>>) -> JoinSet<()> {
+pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(namespace::run(api));
+    set.spawn(replicaset::run(client.clone()));
     set
 }
