@@ -5,5 +5,6 @@ pub mod client;
 pub mod controllers;
 pub mod events;
 pub mod pki;
+pub mod scheduler;
 pub mod store;
 pub mod up;
