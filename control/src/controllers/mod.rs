@@ -18,5 +18,6 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(namespace::run(api));
     set.spawn(replicaset::run(client.clone()));
     set.spawn(gc::run(client.clone()));
+    set.spawn(crate::scheduler::run(client.clone()));
     set
 }
