@@ -15,7 +15,7 @@
 //! while the cluster is still alive, so its log is printed too.
 //!
 //! Environment:
-//! - `KITH_BIN`: the kith binary (default `<workspace>/target/release/kith`).
+//! - `KITH_BIN`: the kith binary (default `<workspace>/target/debug/kith`).
 //! - `KITH_KUBECTL_1_30`, `KITH_KUBECTL_1_33`: pinned kubectl binaries (default
 //!   `/opt/kith-tools/bin/kubectl-1.XX`, then the Google Cloud SDK's `kubectl.1.XX`).
 //!   `scripts/install-test-deps.sh` installs them; `scripts/test.sh` sets all of these.
@@ -54,7 +54,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The kith binary under test: `$KITH_BIN`, else `<workspace>/target/release/kith`.
+/// The kith binary under test: `$KITH_BIN`, else `<workspace>/target/debug/kith`.
 pub fn kith_bin() -> PathBuf {
     match std::env::var_os("KITH_BIN") {
         Some(p) => PathBuf::from(p),
@@ -62,7 +62,7 @@ pub fn kith_bin() -> PathBuf {
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"));
-            target.join("release").join("kith")
+            target.join("debug").join("kith")
         }
     }
 }
@@ -194,7 +194,7 @@ impl Cluster {
         let bin = kith_bin();
         if !bin.is_file() {
             bail!(
-                "no kith binary at {} (build it with `cargo build --release` or set KITH_BIN)",
+                "no kith binary at {} (build it with `cargo build --bin kith` or set KITH_BIN)",
                 bin.display()
             );
         }
