@@ -2,6 +2,7 @@
 //! function tested by tables and a thin loop that carries it out. They reach the API
 //! through an in-process `kube::Client` (see [`crate::client`]), like any other client.
 
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod replicaset;
@@ -17,6 +18,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     let mut set = JoinSet::new();
     set.spawn(namespace::run(api));
     set.spawn(replicaset::run(client.clone()));
+    set.spawn(deployment::run(client.clone()));
     set.spawn(gc::run(client.clone()));
     set.spawn(crate::scheduler::run(client.clone()));
     set
