@@ -284,9 +284,11 @@ pub fn reconcile(rs: &ReplicaSet, pods: &[Pod], now: jiff::Timestamp) -> Result<
             None => {}
         }
     }
-    status.fully_labeled_replicas = Some(fully);
-    status.ready_replicas = Some(ready);
-    status.available_replicas = Some(available);
+    // Zero counts are left out, as Kubernetes' omitempty leaves them out.
+    let nz = |v: i32| (v != 0).then_some(v);
+    status.fully_labeled_replicas = nz(fully);
+    status.ready_replicas = nz(ready);
+    status.available_replicas = nz(available);
     plan.status = status;
     Ok(plan)
 }
@@ -326,6 +328,18 @@ fn status_changed(old: Option<&ReplicaSetStatus>, new: &ReplicaSetStatus) -> boo
         || z(old.ready_replicas) != z(new.ready_replicas)
         || z(old.available_replicas) != z(new.available_replicas)
         || old.observed_generation != new.observed_generation
+}
+
+/// A merge patch setting `status`; counts that went to zero must be sent as null, or the
+/// merge would keep their old values.
+fn status_patch(status: &ReplicaSetStatus) -> Result<Value, Error> {
+    let mut v = serde_json::to_value(status)?;
+    if let Some(m) = v.as_object_mut() {
+        for k in ["fullyLabeledReplicas", "readyReplicas", "availableReplicas"] {
+            m.entry(k).or_insert(Value::Null);
+        }
+    }
+    Ok(json!({ "status": v }))
 }
 
 struct Ctx {
@@ -462,7 +476,7 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
         .await;
     }
     if status_changed(rs.status.as_ref(), &plan.status) {
-        let body = json!({"status": plan.status});
+        let body = status_patch(&plan.status)?;
         match rss
             .patch_status(&rs.name_any(), &pp, &Patch::Merge(body))
             .await
@@ -825,6 +839,13 @@ mod tests {
         let plan = reconcile(&rs(1, 0), &[pod("a", "rs", "full", "srR", 1)], ts(T0)).expect("plan");
         assert!(status_changed(None, &plan.status));
         assert!(!status_changed(Some(&plan.status), &plan.status));
+        // Zeros are omitted from the status but cleared by the patch.
+        let idle = reconcile(&rs(1, 0), &[pod("a", "rs", "full", "", 1)], ts(T0)).expect("plan");
+        assert_eq!(idle.status.ready_replicas, None);
+        let patch = status_patch(&idle.status).expect("patch");
+        assert_eq!(patch["status"]["readyReplicas"], Value::Null);
+        assert!(patch["status"].get("readyReplicas").is_some());
+        assert_eq!(patch["status"]["replicas"], 1);
         let mut older = plan.status.clone();
         older.observed_generation = Some(3);
         assert!(status_changed(Some(&older), &plan.status));
