@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod replicaset;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(replicaset::run(client.clone()));
     set.spawn(deployment::run(client.clone()));
     set.spawn(gc::run(client.clone()));
+    set.spawn(node_lifecycle::run(client.clone()));
     set.spawn(crate::scheduler::run(client.clone()));
     set
 }
