@@ -3,10 +3,13 @@
 //! through an in-process `kube::Client` (see [`crate::client`]), like any other client.
 
 pub mod clusterip;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod node_lifecycle;
 pub mod replicaset;
 
 use std::sync::Arc;
@@ -22,8 +25,11 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(replicaset::run(client.clone()));
     set.spawn(deployment::run(client.clone()));
     set.spawn(gc::run(client.clone()));
+    set.spawn(job::run(client.clone()));
+    set.spawn(cronjob::run(client.clone()));
     set.spawn(clusterip::run(client.clone(), clusterip::Range::default()));
     set.spawn(endpoints::run(client.clone()));
+    set.spawn(node_lifecycle::run(client.clone()));
     set.spawn(crate::scheduler::run(client.clone()));
     set
 }
