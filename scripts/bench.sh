@@ -34,5 +34,6 @@ export KITH_ETCD=$etcd
 cargo build --release --bin kith --bin kith-bench
 target=${CARGO_TARGET_DIR:-$root/target}
 export KITH_BIN=${KITH_BIN:-$target/release/kith}
+cargo build --release --bin kith-sched-bench && "$target/release/kith-sched-bench"  # scheduler place+assume figure, no server
 
 exec "$target/release/kith-bench" "$@"

@@ -24,14 +24,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference, Pod, PodCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -561,29 +559,6 @@ async fn pass(
     next
 }
 
-/// Keep a reflector store filled from a watch, waking the controller on every change.
-async fn mirror<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .boxed();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        if let Err(e) = ev {
-            tracing::debug!(error = %e, "node lifecycle watch error, retrying");
-        }
-        wake.notify_one();
-    }
-}
-
 /// Run the controller with the default grace period until the task is dropped.
 pub async fn run(client: Client) {
     run_with(client, Config::default()).await;
@@ -596,13 +571,24 @@ pub async fn run_with(client: Client, config: Config) {
     let (leases, leases_w) = reflector::store::<Lease>();
     let (pods, pods_w) = reflector::store::<Pod>();
     let mirrors = futures::future::join3(
-        mirror(Api::<Node>::all(client.clone()), nodes_w, wake.clone()),
-        mirror(
+        crate::mirror::mirror(
+            Api::<Node>::all(client.clone()),
+            nodes_w,
+            wake.clone(),
+            "node lifecycle",
+        ),
+        crate::mirror::mirror(
             Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
             leases_w,
             wake.clone(),
+            "node lifecycle",
         ),
-        mirror(Api::<Pod>::all(client.clone()), pods_w, wake.clone()),
+        crate::mirror::mirror(
+            Api::<Pod>::all(client.clone()),
+            pods_w,
+            wake.clone(),
+            "node lifecycle",
+        ),
     );
     let control = async {
         for ready in [

@@ -26,12 +26,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -220,29 +218,6 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), BindError> {
     })
 }
 
-/// Keep a reflector store filled from a watch, waking the scheduler on every change.
-async fn mirror<K>(api: Api<K>, writer: reflector::store::Writer<K>, wake: Arc<Notify>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .boxed();
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        if let Err(e) = ev {
-            tracing::debug!(error = %e, "scheduler watch error, retrying");
-        }
-        wake.notify_one();
-    }
-}
-
 /// One pass: place every pending pod that is not backing off. Returns when to look again
 /// at the latest (the earliest back-off expiry).
 async fn pass(
@@ -388,9 +363,24 @@ pub async fn run(client: Client) {
     let (namespaces, ns_w) = reflector::store::<Namespace>();
     // One watch over all pods: bound ones make the snapshot, unbound ones are the queue.
     let mirrors = futures::future::join3(
-        mirror(Api::<Pod>::all(client.clone()), pods_w, wake.clone()),
-        mirror(Api::<Node>::all(client.clone()), nodes_w, wake.clone()),
-        mirror(Api::<Namespace>::all(client.clone()), ns_w, wake.clone()),
+        crate::mirror::mirror(
+            Api::<Pod>::all(client.clone()),
+            pods_w,
+            wake.clone(),
+            "scheduler",
+        ),
+        crate::mirror::mirror(
+            Api::<Node>::all(client.clone()),
+            nodes_w,
+            wake.clone(),
+            "scheduler",
+        ),
+        crate::mirror::mirror(
+            Api::<Namespace>::all(client.clone()),
+            ns_w,
+            wake.clone(),
+            "scheduler",
+        ),
     );
     let schedule = async {
         for store in [
