@@ -4,6 +4,7 @@
 
 pub mod clusterip;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -24,6 +25,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(namespace::run(api));
     set.spawn(replicaset::run(client.clone()));
     set.spawn(deployment::run(client.clone()));
+    set.spawn(daemonset::run(client.clone()));
     set.spawn(gc::run(client.clone()));
     set.spawn(job::run(client.clone()));
     set.spawn(cronjob::run(client.clone()));
