@@ -12,6 +12,7 @@ pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(cronjob::run(client.clone()));
     set.spawn(clusterip::run(client.clone(), clusterip::Range::default()));
     set.spawn(endpoints::run(client.clone()));
+    set.spawn(statefulset::run(client.clone()));
     set.spawn(node_lifecycle::run(client.clone()));
     set.spawn(crate::scheduler::run(client.clone()));
     set
