@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -46,7 +46,6 @@ use serde_json::{json, Value};
 
 use super::deployment::{pod_template_hash, scaled_value};
 use super::replicaset::{controller_of, controller_ref, is_ready};
-use crate::events::{self, EventType};
 use crate::scheduler::selectors::{node_selector_terms_match, tolerated};
 
 /// The name events from this controller carry as their source.
@@ -633,34 +632,18 @@ async fn reconcile_one(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let hash = revision_hash(&ds)?;
     for node in &plan.create {
         let pod = pod_for_node(&ds, &hash, node)?;
-        let created = pods.create(&PostParams::default(), &pod).await?;
-        let msg = format!("Created pod: {}", created.name_any());
-        events::record(
-            &ctx.client,
-            &reference,
-            EventType::Normal,
-            "SuccessfulCreate",
-            &msg,
-            COMPONENT,
-        )
-        .await;
+        super::pods::create_pod(&ctx.client, &pods, &pod, &reference, COMPONENT).await?;
     }
     for name in &plan.delete {
-        match pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let msg = format!("Deleted pod: {name}");
-        events::record(
+        super::pods::delete_pod(
             &ctx.client,
+            &pods,
+            name,
+            &DeleteParams::default(),
             &reference,
-            EventType::Normal,
-            "SuccessfulDelete",
-            &msg,
             COMPONENT,
         )
-        .await;
+        .await?;
     }
     if status_changed(ds.status.as_ref(), &plan.status) {
         let body = status_patch(&plan.status)?;

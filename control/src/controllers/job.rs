@@ -31,7 +31,7 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -603,51 +603,19 @@ async fn reconcile_one(job: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if plan.create > 0 {
         let pod = pod_from_template(&job)?;
         for _ in 0..plan.create {
-            match pods.create(&PostParams::default(), &pod).await {
-                Ok(created) => {
-                    let msg = format!("Created pod: {}", created.name_any());
-                    events::record(
-                        &ctx.client,
-                        &reference,
-                        EventType::Normal,
-                        "SuccessfulCreate",
-                        &msg,
-                        COMPONENT,
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    let msg = format!("Error creating: {e}");
-                    events::record(
-                        &ctx.client,
-                        &reference,
-                        EventType::Warning,
-                        "FailedCreate",
-                        &msg,
-                        COMPONENT,
-                    )
-                    .await;
-                    return Err(e.into());
-                }
-            }
+            super::pods::create_pod(&ctx.client, &pods, &pod, &reference, COMPONENT).await?;
         }
     }
     for name in &plan.delete {
-        match pods.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let msg = format!("Deleted pod: {name}");
-        events::record(
+        super::pods::delete_pod(
             &ctx.client,
+            &pods,
+            name,
+            &DeleteParams::background(),
             &reference,
-            EventType::Normal,
-            "SuccessfulDelete",
-            &msg,
             COMPONENT,
         )
-        .await;
+        .await?;
     }
     let old = job.status.as_ref().map(serde_json::to_value).transpose()?;
     let new = serde_json::to_value(&plan.status)?;

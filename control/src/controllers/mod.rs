@@ -11,6 +11,7 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod pods;
 pub mod replicaset;
 pub mod statefulset;
 

@@ -24,14 +24,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector as MetaSelector, OwnerReference,
 };
 use kith_api::selectors::LabelSelector;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Map, Value};
 
-use crate::events::{self, EventType};
 
 /// The name events from this controller carry as their source.
 pub const COMPONENT: &str = "replicaset-controller";
@@ -445,35 +444,19 @@ async fn reconcile_one(rs: Arc<ReplicaSet>, ctx: Arc<Ctx>) -> Result<Action, Err
     if plan.create > 0 {
         let pod = pod_from_template(&rs)?;
         for _ in 0..plan.create {
-            let created = pods.create(&PostParams::default(), &pod).await?;
-            let msg = format!("Created pod: {}", created.name_any());
-            events::record(
-                &ctx.client,
-                &reference,
-                EventType::Normal,
-                "SuccessfulCreate",
-                &msg,
-                COMPONENT,
-            )
-            .await;
+            super::pods::create_pod(&ctx.client, &pods, &pod, &reference, COMPONENT).await?;
         }
     }
     for name in &plan.delete {
-        match pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
-        }
-        let msg = format!("Deleted pod: {name}");
-        events::record(
+        super::pods::delete_pod(
             &ctx.client,
+            &pods,
+            name,
+            &DeleteParams::default(),
             &reference,
-            EventType::Normal,
-            "SuccessfulDelete",
-            &msg,
             COMPONENT,
         )
-        .await;
+        .await?;
     }
     if status_changed(rs.status.as_ref(), &plan.status) {
         let body = status_patch(&plan.status)?;
