@@ -18,8 +18,13 @@
 //! and GPU nodes with `NoSchedule`), a few `PreferNoSchedule` spot nodes and cordoned ones.
 //! Pods come in groups of 50 replicas (one app each, as a ReplicaSet creates them), with
 //! varied requests; some apps use a nodeSelector, preferred node affinity, tolerations,
-//! topology spread over zone (hard or soft) or hostname, or GPUs; one app asks for more CPU
-//! than any node has, so the unschedulable path is measured too.
+//! topology spread over zone (hard or soft) or hostname, or GPUs; every 97th app asks for
+//! more CPU than any node has, so the unschedulable path is measured too.
+//!
+//! The figure comes from one clean pass. A second pass replays the same decisions on a
+//! fresh snapshot and takes every tenth pod apart (`Candidate::new`, each filter, each
+//! score, the rest of `place`, `assume`) into the line's `breakdown`, to show where the time
+//! goes; it is not part of the figure.
 //!
 //! Usage: `kith-sched-bench [--nodes N] [--pods N] [--seed N]`.
 
@@ -28,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kith_control::scheduler::place::{Candidate, FILTERS, SCORES};
+use kith_control::scheduler::snapshot::NodeInfo;
 use kith_control::scheduler::{place, Snapshot};
 use serde_json::{json, Map, Value};
 
@@ -37,6 +44,8 @@ const REPLICAS_PER_APP: usize = 50;
 const NAMESPACES: usize = 10;
 /// Issue 4's target on the bench machine.
 const TARGET_PODS_PER_SEC: f64 = 5_000.0;
+/// In the diagnostic pass, every this many pods is taken apart phase by phase.
+const BREAKDOWN_EVERY: usize = 10;
 
 struct Args {
     nodes: usize,
@@ -342,6 +351,78 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Where the time of one `place` goes, summed over the sampled pods.
+#[derive(Default)]
+struct Breakdown {
+    pods: usize,
+    candidate: Duration,
+    filters: Vec<Duration>,
+    scores: Vec<Duration>,
+    place: Duration,
+    assume: Duration,
+    rejected_nodes: usize,
+}
+
+impl Breakdown {
+    /// Run `place`'s phases one by one with the same calls it makes (each filter over the
+    /// nodes the earlier ones let through, each score over the feasible nodes), then `place`
+    /// itself; what `place` takes beyond the phases is its bookkeeping: recording every
+    /// rejected node, normalizing, and the vectors in between.
+    fn sample(&mut self, pod: &Pod, snapshot: &Snapshot) {
+        self.filters.resize(FILTERS.len(), Duration::ZERO);
+        self.scores.resize(SCORES.len(), Duration::ZERO);
+        self.pods += 1;
+        let t = Instant::now();
+        let c = Candidate::new(pod, snapshot);
+        self.candidate += t.elapsed();
+        let mut left: Vec<&NodeInfo> = snapshot.nodes.iter().collect();
+        for (f, spent) in FILTERS.iter().zip(&mut self.filters) {
+            let t = Instant::now();
+            left.retain(|n| (f.check)(&c, n).is_ok());
+            *spent += t.elapsed();
+        }
+        self.rejected_nodes += snapshot.nodes.len() - left.len();
+        if left.len() > 1 {
+            for (s, spent) in SCORES.iter().zip(&mut self.scores) {
+                let t = Instant::now();
+                let raw: Vec<Option<i64>> = left.iter().map(|n| (s.raw)(&c, n)).collect();
+                *spent += t.elapsed();
+                std::hint::black_box(raw);
+            }
+        }
+        let t = Instant::now();
+        let _ = std::hint::black_box(place(pod, snapshot));
+        self.place += t.elapsed();
+    }
+
+    fn json(&self) -> Value {
+        let per_pod = |d: Duration| micros(d / self.pods.max(1) as u32);
+        let mut m = Map::new();
+        m.insert("sampled_pods".into(), json!(self.pods));
+        m.insert(
+            "rejected_nodes_per_pod".into(),
+            json!(self.rejected_nodes / self.pods.max(1)),
+        );
+        m.insert("place_us".into(), json!(per_pod(self.place)));
+        m.insert("candidate_new_us".into(), json!(per_pod(self.candidate)));
+        let mut phases = self.candidate;
+        for (f, d) in FILTERS.iter().zip(&self.filters) {
+            m.insert(format!("filter_{}_us", f.name), json!(per_pod(*d)));
+            phases += *d;
+        }
+        for (s, d) in SCORES.iter().zip(&self.scores) {
+            m.insert(format!("score_{}_us", s.name), json!(per_pod(*d)));
+            phases += *d;
+        }
+        m.insert(
+            "place_bookkeeping_us".into(),
+            json!(per_pod(self.place.saturating_sub(phases))),
+        );
+        m.insert("assume_us".into(), json!(per_pod(self.assume)));
+        Value::Object(m)
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse()?;
     let mut rng = Rng(args.seed);
@@ -400,6 +481,23 @@ fn main() -> Result<()> {
         .unwrap_or(0);
     let used_nodes = snapshot.nodes.iter().filter(|n| n.pod_count > 0).count();
 
+    // A second, diagnostic pass over a fresh snapshot (the same decisions, place being
+    // pure): every BREAKDOWN_EVERY-th pod taken apart phase by phase.
+    let mut breakdown = Breakdown::default();
+    let mut replay = Snapshot::new(nodes.iter(), std::iter::empty::<&Pod>());
+    for (i, (_, pod)) in pods.iter().enumerate() {
+        if i % BREAKDOWN_EVERY == 0 {
+            breakdown.sample(pod, &replay);
+        }
+        if let Ok(node) = place(pod, &replay) {
+            let t = Instant::now();
+            replay.assume(pod, &node);
+            if i % BREAKDOWN_EVERY == 0 {
+                breakdown.assume += t.elapsed();
+            }
+        }
+    }
+
     each.sort_unstable();
     let per_sec = pods.len() as f64 / wall.as_secs_f64();
     let mut kinds = Map::new();
@@ -428,6 +526,7 @@ fn main() -> Result<()> {
         "nodes_used": used_nodes,
         "max_pods_on_a_node": busiest,
         "by_kind": kinds,
+        "breakdown": breakdown.json(),
         "seed": args.seed,
     });
     println!("BENCH {line}");
