@@ -559,12 +559,16 @@ impl<'a> Candidate<'a> {
 }
 
 fn node_unschedulable(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
+    // Most nodes are schedulable: decide that before building the taint to compare with.
+    if !n.unschedulable {
+        return Ok(());
+    }
     let taint = k8s_openapi::api::core::v1::Taint {
         key: "node.kubernetes.io/unschedulable".into(),
         effect: "NoSchedule".into(),
         ..Default::default()
     };
-    if n.unschedulable && !tolerated(c.tolerations, &taint) {
+    if !tolerated(c.tolerations, &taint) {
         return Err(Rejection::unresolvable(ERR_UNSCHEDULABLE));
     }
     Ok(())
@@ -830,11 +834,29 @@ pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
     let c = Candidate::new(pod, snapshot);
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     let mut rejections = Vec::new();
-    for node in &snapshot.nodes {
+    let total = snapshot.nodes.len();
+    let want = feasible_nodes_to_find(total);
+    let start = if total == 0 {
+        0
+    } else {
+        snapshot.next_start.get() % total
+    };
+    let mut examined = 0;
+    for node in snapshot.nodes[start..]
+        .iter()
+        .chain(&snapshot.nodes[..start])
+    {
+        examined += 1;
         match FILTERS.iter().try_for_each(|f| (f.check)(&c, node)) {
             Ok(()) => feasible.push(node),
             Err(r) => rejections.push((node.name.clone(), r)),
         }
+        if feasible.len() >= want {
+            break;
+        }
+    }
+    if total > 0 {
+        snapshot.next_start.set((start + examined) % total);
     }
     match feasible.as_slice() {
         [] => {
@@ -865,6 +887,20 @@ pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
     Ok(feasible[best].name.clone())
 }
 
+/// How many feasible nodes are enough before scoring, as kube-scheduler's adaptive
+/// `percentageOfNodesToScore`: every node below 100, else 50% minus 1% per 125 nodes,
+/// at least 5% and at least 100 nodes. A large region then scores a sample of good nodes
+/// instead of all of them; an unschedulable pod still looks at every node, so its
+/// FailedScheduling message counts them all.
+pub fn feasible_nodes_to_find(total: usize) -> usize {
+    const MIN_FEASIBLE: usize = 100;
+    if total < MIN_FEASIBLE {
+        return total;
+    }
+    let percent = (50 - (total / 125) as i64).max(5) as usize;
+    (total * percent / 100).max(MIN_FEASIBLE)
+}
+
 /// Scores of each feasible node by name, for tests and diagnostics.
 pub fn scores(pod: &Pod, snapshot: &Snapshot) -> Vec<(String, i64)> {
     let c = Candidate::new(pod, snapshot);
@@ -891,4 +927,28 @@ fn total_scores(c: &Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
         }
     }
     totals
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::feasible_nodes_to_find;
+
+    #[test]
+    fn nodes_to_score_follow_kube_scheduler() {
+        let table = [
+            (0, 0),
+            (3, 3),
+            (99, 99),
+            (100, 100),
+            (200, 100),
+            (500, 230),
+            (1000, 420),
+            (5000, 500),
+            (6000, 300),
+            (100_000, 5000),
+        ];
+        for (total, want) in table {
+            assert_eq!(feasible_nodes_to_find(total), want, "{total} nodes");
+        }
+    }
 }

@@ -221,6 +221,29 @@ pub struct Snapshot {
     pub by_name: HashMap<String, usize>,
     /// Labels of namespaces, for affinity terms with a namespaceSelector.
     pub namespace_labels: HashMap<String, Labels>,
+    /// Where the next placement starts looking (see `place::feasible_nodes_to_find`).
+    pub next_start: NextStart,
+}
+
+/// The node index the next placement starts scanning from. kube-scheduler rotates it so
+/// that stopping after enough feasible nodes does not always favour the first ones; it is
+/// an atomic so `place` can stay `&Snapshot` (a pure function of its inputs but this hint).
+#[derive(Debug, Default)]
+pub struct NextStart(std::sync::atomic::AtomicUsize);
+
+impl NextStart {
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn set(&self, v: usize) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Clone for NextStart {
+    fn clone(&self) -> Self {
+        NextStart(std::sync::atomic::AtomicUsize::new(self.get()))
+    }
 }
 
 fn ready_taint(node: &Node) -> Option<Taint> {
