@@ -31,7 +31,6 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Map, Value};
 
-
 /// The name events from this controller carry as their source.
 pub const COMPONENT: &str = "replicaset-controller";
 /// At most this many pods are created or deleted in one pass (Kubernetes' burstReplicas).
