@@ -244,6 +244,22 @@ struct Node {
     meta: ObjectMeta,
 }
 
+/// Only the metadata the decisions read. The graph holds every object in the cluster, so
+/// keeping their labels, annotations and managedFields as well would cost an edge box
+/// tens of MB; writes re-read the live object anyway.
+fn slim(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        uid: meta.uid,
+        name: meta.name,
+        namespace: meta.namespace,
+        owner_references: meta.owner_references,
+        finalizers: meta.finalizers,
+        deletion_timestamp: meta.deletion_timestamp,
+        resource_version: meta.resource_version,
+        ..Default::default()
+    }
+}
+
 /// Kind (group, kind), namespace, name.
 type NameKey = (&'static str, &'static str, Option<String>, String);
 
@@ -266,6 +282,7 @@ struct Graph {
 impl Graph {
     /// Record `meta` of `kind`; returns the uids to look at because of the change.
     fn upsert(&mut self, kind: &'static Kind, meta: ObjectMeta) -> Vec<String> {
+        let meta = slim(meta);
         let (Some(uid), Some(name)) = (meta.uid.clone(), meta.name.clone()) else {
             return Vec::new();
         };
