@@ -10,7 +10,6 @@
 //! nothing. Kind-specific behaviour is limited to what Kubernetes itself special-cases
 //! (status subresources, scale, binding, graceful pod deletion, namespaces).
 
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause, Result, Target, MAX_BODY_BYTES};
@@ -303,15 +302,12 @@ impl<S: ObjectStore> Api<S> {
             .await?;
         match r.subresource.as_deref() {
             None | Some("status") => Ok(Reply::ok(obj)),
-            Some("scale") if r.kind.has(Subresource::Scale) => {
-                Ok(Reply::ok(scale_of(r.kind, &obj)))
-            }
+            Some("scale") if r.kind.has(Subresource::Scale) => Ok(Reply::ok(scale_of(&obj))),
             Some(other) => Err(self.no_subresource(r.kind, name, other, "get")),
         }
     }
 
     fn no_subresource(&self, kind: &Kind, name: &str, sub: &str, verb: &str) -> ApiError {
-        let _ = (name, verb);
         match sub {
             "status" | "scale" | "binding" | "finalize" => ApiError::MethodNotAllowed {
                 target: target(kind, name),
@@ -795,7 +791,7 @@ impl<S: ObjectStore> Api<S> {
                     ReadMode::Linearizable,
                 )
                 .await?;
-            let scale = scale_of(r.kind, &old);
+            let scale = scale_of(&old);
             let new_scale = change(&scale)?;
             let replicas = new_scale
                 .get("spec")
@@ -833,7 +829,7 @@ impl<S: ObjectStore> Api<S> {
                 .await
             {
                 Ok(mut reply) => {
-                    reply.body = scale_of(r.kind, &reply.body);
+                    reply.body = scale_of(&reply.body);
                     return Ok(reply);
                 }
                 Err(ApiError::Conflict(_)) if attempt < PATCH_RETRIES => continue,
@@ -1297,7 +1293,7 @@ fn initial_status(kind: &Kind, obj: &mut Value) {
 }
 
 /// autoscaling/v1 Scale view of a scalable object.
-fn scale_of(kind: &Kind, obj: &Value) -> Value {
+fn scale_of(obj: &Value) -> Value {
     let m = meta(obj);
     let selector = obj["spec"]["selector"]
         .get("matchLabels")
@@ -1309,7 +1305,6 @@ fn scale_of(kind: &Kind, obj: &Value) -> Value {
                 .join(",")
         })
         .unwrap_or_default();
-    let _ = kind;
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1464,9 +1459,4 @@ pub fn body_type_for(method: &http::Method, content_type: Option<&str>) -> Resul
         ));
     }
     Ok(ty)
-}
-
-/// Bytes of a request are parsed with this (exposed for the server).
-pub fn parse_body(body: &Bytes, ty: BodyType) -> Result<Value> {
-    decode_body(body, ty)
 }

@@ -25,7 +25,7 @@ use tokio_stream::StreamExt;
 
 use crate::auth::{authorize, Authenticator, User};
 use crate::error::{ApiError, MAX_BODY_BYTES};
-use crate::handler::{body_type_for, decode_body, Api, BodyType, DeleteOptions, Reply};
+use crate::handler::{body_type_for, decode_body, Api, DeleteOptions, Reply};
 use crate::request::{parse_query, route, ResourceRoute, Route};
 use crate::store::ObjectStore;
 use crate::watch::{self, Render};
@@ -453,20 +453,5 @@ pub async fn serve<S: ObjectStore>(
                 tracing::debug!(%addr, error = %e, "connection ended with an error");
             }
         });
-    }
-}
-
-impl BodyType {
-    /// For logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            BodyType::Json => "json",
-            BodyType::Yaml => "yaml",
-            BodyType::Protobuf => "protobuf",
-            BodyType::JsonPatch => "json-patch",
-            BodyType::MergePatch => "merge-patch",
-            BodyType::StrategicMergePatch => "strategic-merge-patch",
-            BodyType::ApplyPatch => "apply-patch",
-        }
     }
 }

@@ -42,7 +42,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::deployment::{pod_template_hash, scaled_value};
 use super::replicaset::{controller_of, controller_ref, is_ready};
@@ -570,17 +570,14 @@ fn status_changed(old: Option<&DaemonSetStatus>, new: &DaemonSetStatus) -> bool 
 /// A merge patch setting `status`; optional counts that went to zero must be sent as
 /// null, or the merge would keep their old values.
 fn status_patch(status: &DaemonSetStatus) -> Result<Value, Error> {
-    let mut v = serde_json::to_value(status)?;
-    if let Some(m) = v.as_object_mut() {
-        for k in [
+    Ok(super::status_merge_patch(
+        status,
+        &[
             "updatedNumberScheduled",
             "numberAvailable",
             "numberUnavailable",
-        ] {
-            m.entry(k).or_insert(Value::Null);
-        }
-    }
-    Ok(json!({ "status": v }))
+        ],
+    )?)
 }
 
 struct Ctx {
@@ -669,6 +666,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector as MetaSelector, ObjectMeta, OwnerReference, Time,
     };
+    use serde_json::json;
 
     const T0: &str = "2026-01-01T00:00:00Z";
 

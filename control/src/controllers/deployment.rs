@@ -1122,19 +1122,16 @@ fn not_found(e: &kube::Error) -> bool {
 /// A status merge patch that also clears the counts that went to zero (omitted, as
 /// Kubernetes omits them, but a merge patch must say null to remove them).
 fn status_patch(s: &DeploymentStatus) -> Result<Value, Error> {
-    let mut v = serde_json::to_value(s)?;
-    if let Some(m) = v.as_object_mut() {
-        for k in [
+    Ok(super::status_merge_patch(
+        s,
+        &[
             "replicas",
             "updatedReplicas",
             "readyReplicas",
             "availableReplicas",
             "unavailableReplicas",
-        ] {
-            m.entry(k).or_insert(Value::Null);
-        }
-    }
-    Ok(json!({ "status": v }))
+        ],
+    )?)
 }
 
 async fn reconcile_one(d: Arc<Deployment>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -21,6 +21,22 @@ use kith_api::handler::Api;
 use kith_api::store::ObjectStore;
 use tokio::task::JoinSet;
 
+/// A merge patch that sets `status`. Kubernetes leaves zero counts out of a status, so a
+/// count that dropped to zero must be sent as null or the merge would keep its old value;
+/// `zero_counts` names those optional count fields.
+pub(crate) fn status_merge_patch<T: serde::Serialize>(
+    status: &T,
+    zero_counts: &[&str],
+) -> serde_json::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(status)?;
+    if let Some(m) = v.as_object_mut() {
+        for k in zero_counts {
+            m.entry(*k).or_insert(serde_json::Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": v }))
+}
+
 /// Start every controller (and the scheduler); they run until the set is dropped.
 pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> JoinSet<()> {
     let mut set = JoinSet::new();

@@ -331,13 +331,10 @@ fn status_changed(old: Option<&ReplicaSetStatus>, new: &ReplicaSetStatus) -> boo
 /// A merge patch setting `status`; counts that went to zero must be sent as null, or the
 /// merge would keep their old values.
 fn status_patch(status: &ReplicaSetStatus) -> Result<Value, Error> {
-    let mut v = serde_json::to_value(status)?;
-    if let Some(m) = v.as_object_mut() {
-        for k in ["fullyLabeledReplicas", "readyReplicas", "availableReplicas"] {
-            m.entry(k).or_insert(Value::Null);
-        }
-    }
-    Ok(json!({ "status": v }))
+    Ok(super::status_merge_patch(
+        status,
+        &["fullyLabeledReplicas", "readyReplicas", "availableReplicas"],
+    )?)
 }
 
 struct Ctx {

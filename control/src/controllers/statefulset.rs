@@ -37,7 +37,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::deployment::pod_template_hash;
 use super::replicaset::{controller_of, controller_ref, is_ready};
@@ -476,13 +476,10 @@ fn status_changed(old: Option<&StatefulSetStatus>, new: &StatefulSetStatus) -> b
 /// A merge patch setting `status`; counts that went to zero must be sent as null, or the
 /// merge would keep their old values.
 fn status_patch(status: &StatefulSetStatus) -> Result<Value, Error> {
-    let mut v = serde_json::to_value(status)?;
-    if let Some(m) = v.as_object_mut() {
-        for k in ["readyReplicas", "currentReplicas", "updatedReplicas"] {
-            m.entry(k).or_insert(Value::Null);
-        }
-    }
-    Ok(json!({ "status": v }))
+    Ok(super::status_merge_patch(
+        status,
+        &["readyReplicas", "currentReplicas", "updatedReplicas"],
+    )?)
 }
 
 struct Ctx {
