@@ -23,7 +23,8 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kith_api::kinds::{self, Kind, KINDS};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
 use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, WatchStreamExt};
@@ -662,7 +663,48 @@ impl Collector {
         self.patch(dep, &patch, "remove ownerReferences from").await
     }
 
+    /// Objects that name `owner` in their ownerReferences, read live from the API. The
+    /// graph can lag its watches: a dependent created just before its owner's deletion may
+    /// not be in it yet, so the decisions that end an owner's deletion check here first.
+    async fn live_dependents(&self, owner: &Node) -> Result<Vec<Node>, GcError> {
+        let Some(uid) = owner.meta.uid.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        // Dependents of a namespaced owner live in its namespace; a cluster-scoped owner's
+        // may be anywhere.
+        for kind in KINDS
+            .iter()
+            .filter(|k| owner.namespace.is_none() || k.namespaced)
+        {
+            let api = dynamic_api(&self.client, kind, owner.namespace.as_deref());
+            let list = api
+                .list_metadata(&ListParams::default())
+                .await
+                .map_err(|source| GcError::Api {
+                    verb: "list",
+                    kind: kind.kind,
+                    name: String::new(),
+                    source,
+                })?;
+            for item in list.items {
+                let meta = item.metadata;
+                if meta.owner_references.iter().flatten().any(|r| r.uid == uid) {
+                    found.push(Node {
+                        kind,
+                        namespace: meta.namespace.clone().filter(|n| !n.is_empty()),
+                        name: meta.name.clone().unwrap_or_default(),
+                        meta: slim(meta),
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Remove finalizer `f` from `owner`, which completes its deletion if it was the last.
+    /// Before ending a foreground deletion, no live dependent may still block it; before
+    /// ending an orphaning, every live dependent must have lost its reference to the owner.
     async fn remove_finalizer(&self, owner: &Node, f: &str) -> Result<(), GcError> {
         let Some(latest) = self
             .get_meta(owner.kind, owner.namespace.as_deref(), &owner.name)
@@ -672,6 +714,19 @@ impl Collector {
         };
         if latest.uid != owner.meta.uid || !has_finalizer(&latest, f) {
             return Ok(());
+        }
+        if f == FOREGROUND || f == ORPHAN {
+            let uid = owner.meta.uid.clone().unwrap_or_default();
+            for dep in self.live_dependents(owner).await? {
+                if f == FOREGROUND && blocks(&dep.meta, &uid) {
+                    // Its removal or release wakes us again (and the resync is a backstop).
+                    return Ok(());
+                }
+                if f == ORPHAN {
+                    self.drop_owner_refs(&dep, std::slice::from_ref(&uid))
+                        .await?;
+                }
+            }
         }
         let left: Vec<&String> = latest
             .finalizers
