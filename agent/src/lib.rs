@@ -1,0 +1,10 @@
+//! kith agent: runs the pods bound to its box as real OCI containers.
+//!
+//! ```text
+//!  API (watch pods on this node) ──► sync::plan(desired, observed) ──► actions
+//!                                         │
+//!      image  (pull, content store, unpack) ─┤
+//!      spec   (pod spec → OCI runtime spec)  ─┤
+//!      runtime (trait ContainerRuntime; `kith shim` per container, libcontainer)
+//! ```
+//! Start with `sync` for the decisions and `runtime` for how a container runs.
