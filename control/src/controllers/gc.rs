@@ -242,23 +242,23 @@ struct Node {
     kind: &'static Kind,
     namespace: Option<String>,
     name: String,
-    meta: ObjectMeta,
+    /// Boxed: the graph's table holds one Node per object in the cluster, and an inline
+    /// ObjectMeta would make every slot (used or not) hundreds of bytes.
+    meta: Box<ObjectMeta>,
 }
 
 /// Only the metadata the decisions read. The graph holds every object in the cluster, so
 /// keeping their labels, annotations and managedFields as well would cost an edge box
-/// tens of MB; writes re-read the live object anyway.
-fn slim(meta: ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
+/// tens of MB; writes re-read the live object anyway. Name and namespace live in [`Node`].
+fn slim(meta: ObjectMeta) -> Box<ObjectMeta> {
+    Box::new(ObjectMeta {
         uid: meta.uid,
-        name: meta.name,
-        namespace: meta.namespace,
         owner_references: meta.owner_references,
         finalizers: meta.finalizers,
         deletion_timestamp: meta.deletion_timestamp,
         resource_version: meta.resource_version,
         ..Default::default()
-    }
+    })
 }
 
 /// Kind (group, kind), namespace, name.
@@ -283,17 +283,18 @@ struct Graph {
 impl Graph {
     /// Record `meta` of `kind`; returns the uids to look at because of the change.
     fn upsert(&mut self, kind: &'static Kind, meta: ObjectMeta) -> Vec<String> {
-        let meta = slim(meta);
         let (Some(uid), Some(name)) = (meta.uid.clone(), meta.name.clone()) else {
             return Vec::new();
         };
+        let namespace = meta.namespace.clone().filter(|n| !n.is_empty());
+        let meta = slim(meta);
         if let Some(seen) = self.relisting.get_mut(&plural_key(kind)) {
             seen.insert(uid.clone());
         }
         let mut dirty = self.unlink(&uid);
         let node = Node {
             kind,
-            namespace: meta.namespace.clone().filter(|n| !n.is_empty()),
+            namespace,
             name,
             meta,
         };
@@ -377,7 +378,7 @@ impl Graph {
             .by_name
             .get(&name_key(kind, ns, reference.name.clone()))
             .and_then(|uid| self.nodes.get(uid))
-            .map(|n| &n.meta);
+            .map(|n| &*n.meta);
         owner_state(reference, found)
     }
 
@@ -589,7 +590,7 @@ impl Collector {
             DependentAction::Nothing => Ok(()),
             DependentAction::RemoveOwnerRefs(uids) => {
                 let node = Node {
-                    meta: latest,
+                    meta: Box::new(latest),
                     ..node.clone()
                 };
                 self.drop_owner_refs(&node, &uids).await
