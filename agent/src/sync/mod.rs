@@ -2,3 +2,4 @@
 //! what the box shows and act. [`plan`] decides; the executor here carries it out.
 
 pub mod plan;
+pub mod status;

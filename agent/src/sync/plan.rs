@@ -49,6 +49,8 @@ pub enum AttemptState {
     },
     Exited {
         exit_code: i32,
+        /// Completed, Error, OOMKilled, ... as containerStatuses show it.
+        reason: String,
         started_at: Option<Timestamp>,
         finished_at: Timestamp,
     },
@@ -471,6 +473,7 @@ mod tests {
             attempt,
             state: AttemptState::Exited {
                 exit_code: code,
+                reason: if code == 0 { "Completed" } else { "Error" }.into(),
                 started_at: Some(t(started)),
                 finished_at: t(finished),
             },
