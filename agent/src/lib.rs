@@ -8,3 +8,6 @@
 //!      runtime (trait ContainerRuntime; `kith shim` per container, libcontainer)
 //! ```
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
+
+pub mod runtime;
+pub mod spec;
