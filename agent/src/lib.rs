@@ -10,4 +10,6 @@
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
 pub mod image;
+pub mod runtime;
+pub mod spec;
 pub mod sync;
