@@ -8,3 +8,5 @@
 //!      runtime (trait ContainerRuntime; `kith shim` per container, libcontainer)
 //! ```
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
+
+pub mod network;
