@@ -10,6 +10,7 @@
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
 pub mod image;
+pub mod network;
 pub mod runtime;
 pub mod spec;
 pub mod sync;
