@@ -8,6 +8,7 @@ pub mod auth;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod handler;
 pub mod kinds;
 pub mod openapi;

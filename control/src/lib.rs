@@ -3,7 +3,7 @@
 
 pub mod client;
 pub mod controllers;
-pub mod events;
+pub use kith_api::events;
 pub mod mirror;
 pub mod pki;
 pub mod scheduler;

@@ -1,4 +1,5 @@
-//! Events for `kubectl describe`: what controllers and the scheduler did to an object.
+//! Events for `kubectl describe`: what controllers, the scheduler and the agent did to an
+//! object. A client-side helper (any `kube::Client`), shared by control and agent.
 //!
 //! kubectl describe reads core/v1 Events selected by `involvedObject`, so that is the form
 //! written here (kith keeps core/v1 and events.k8s.io/v1 Events as separate resources).
