@@ -11,6 +11,8 @@
 
 pub mod image;
 pub mod network;
+pub mod node;
+pub mod run;
 pub mod runtime;
 pub mod spec;
 pub mod sync;

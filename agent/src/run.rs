@@ -1,0 +1,143 @@
+//! `run`: one agent, assembled — register the Node, wait for its podCIDR, open the image
+//! store, the container runtime and the pod network, then keep the heartbeat and the sync
+//! loop going until shutdown.
+//!
+//! ```text
+//!  read_node ─► node_object ─► register ─► wait for spec.podCIDR
+//!        ├─ heartbeat_loop (Lease, conditions)
+//!        └─ sync::Agent::run (RegistryImageStore, LibcontainerRuntime, BridgeNetwork)
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+
+use crate::image::RegistryImageStore;
+use crate::network::{BridgeConfig, BridgeNetwork, Ipv4Net};
+use crate::node::{self, NodeConfig};
+use crate::runtime::{LibcontainerRuntime, RuntimeConfig};
+use crate::spec::NodeAllocatable;
+use crate::sync::{Agent, SyncConfig};
+
+/// The agent's own parent cgroup; every container's cgroup sits below it.
+pub const CGROUP_ROOT: &str = "/kith";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("reading the node: {0}")]
+    Node(#[from] node::Error),
+    #[error("the image store: {0}")]
+    Images(#[from] crate::image::ImageError),
+    #[error("the pod network: {0}")]
+    Network(#[from] crate::network::Error),
+    #[error("the node {node} got no valid spec.podCIDR: {message}")]
+    PodCidr { node: String, message: String },
+    #[error("talking to the API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// What `kith agent` (or `kith up`) tells the agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
+    /// The `kith` binary the per-container shims run as.
+    pub shim_binary: PathBuf,
+    /// The address other boxes reach this one at.
+    pub node_ip: Option<IpAddr>,
+}
+
+/// Run the agent until `shutdown` resolves. Containers keep running afterwards: a new
+/// agent on the same data dir re-adopts them.
+pub async fn run(
+    client: Client,
+    opts: AgentOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| node::Error::Read {
+        path: opts.data_dir.display().to_string(),
+        source,
+    })?;
+    let mut node_cfg = NodeConfig::new(opts.node_name.clone());
+    node_cfg.internal_ip = opts.node_ip;
+    let readings = node::readings::read_node(&opts.data_dir)?;
+    let node_obj = node::node_object(&readings, &node_cfg);
+    let allocatable = allocatable_of(&node_obj);
+    node::heartbeat::register(&client, node_obj).await?;
+
+    let heartbeat = {
+        let client = client.clone();
+        let cfg = node_cfg.clone();
+        let dir = opts.data_dir.clone();
+        tokio::spawn(async move {
+            node::heartbeat::heartbeat_loop(client, cfg, move || node::readings::read_node(&dir))
+                .await
+        })
+    };
+
+    let pod_cidr = wait_for_pod_cidr(&client, &opts.node_name).await?;
+    let network = BridgeNetwork::new(BridgeConfig::new(opts.data_dir.clone(), pod_cidr))?;
+    let images = RegistryImageStore::open(
+        &opts.data_dir.join("images"),
+        opts.insecure_registries.clone(),
+    )?;
+    let runtime = LibcontainerRuntime::new(RuntimeConfig::new(
+        opts.data_dir.join("runtime"),
+        opts.shim_binary.clone(),
+        CGROUP_ROOT.into(),
+    ));
+    let agent = Agent::new(
+        client,
+        SyncConfig {
+            node_name: opts.node_name.clone(),
+            node_ip: opts.node_ip.map(|ip| ip.to_string()),
+            root: opts.data_dir.clone(),
+            cgroup_root: CGROUP_ROOT.into(),
+            allocatable,
+        },
+        images,
+        runtime,
+        network,
+    );
+    tracing::info!(node = %opts.node_name, %pod_cidr, "agent running");
+    Arc::clone(&agent).run(shutdown).await;
+    heartbeat.abort();
+    Ok(())
+}
+
+/// The control plane gives each node a podCIDR soon after it registers.
+async fn wait_for_pod_cidr(client: &Client, name: &str) -> Result<Ipv4Net, RunError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    loop {
+        let node = nodes.get(name).await?;
+        if let Some(cidr) = node.spec.and_then(|s| s.pod_cidr) {
+            return cidr.parse::<Ipv4Net>().map_err(|e| RunError::PodCidr {
+                node: name.to_string(),
+                message: format!("{cidr:?}: {e}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn allocatable_of(node: &Node) -> NodeAllocatable {
+    let alloc = node
+        .status
+        .as_ref()
+        .and_then(|s| s.allocatable.clone())
+        .unwrap_or_default();
+    let get = |k: &str, f: fn(&str) -> Result<i64, crate::spec::SpecError>| {
+        alloc.get(k).and_then(|q| f(&q.0).ok()).unwrap_or(0)
+    };
+    NodeAllocatable {
+        cpu_millis: get("cpu", crate::spec::quantity::milli_cpu),
+        memory_bytes: get("memory", crate::spec::quantity::bytes),
+        ephemeral_storage_bytes: get("ephemeral-storage", crate::spec::quantity::bytes),
+    }
+}
