@@ -14,5 +14,6 @@ pub mod network;
 pub mod node;
 pub mod run;
 pub mod runtime;
+pub mod server;
 pub mod spec;
 pub mod sync;

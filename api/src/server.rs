@@ -50,11 +50,68 @@ pub struct Peer {
 pub struct ApiService<S> {
     api: Arc<Api<S>>,
     auth: Authenticator,
+    /// How `pods/log` reaches the agents; set once they exist.
+    nodes: std::sync::OnceLock<Arc<dyn crate::nodes::NodeConnector>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
     pub fn new(api: Arc<Api<S>>, auth: Authenticator) -> Arc<Self> {
-        Arc::new(ApiService { api, auth })
+        Arc::new(ApiService {
+            api,
+            auth,
+            nodes: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Route `pods/log` to `nodes` from now on (a second call is ignored).
+    pub fn set_node_connector(&self, nodes: Arc<dyn crate::nodes::NodeConnector>) {
+        let _ = self.nodes.set(nodes);
+    }
+
+    /// `GET pods/{name}/log`: the pod says which node and container; the node streams.
+    async fn pod_logs(
+        &self,
+        r: &ResourceRoute,
+        query: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        let q = crate::nodes::LogQuery::parse(query.unwrap_or_default())?;
+        let name = r.name.as_deref().unwrap_or_default();
+        let pod = self
+            .api
+            .get_object(
+                r.kind,
+                r.namespace.as_deref(),
+                name,
+                crate::store::ReadMode::Linearizable,
+            )
+            .await?;
+        let target = crate::nodes::log_target(&pod, &q)?;
+        let nodes = self.nodes.get().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "the node {} of pod {name} can not be reached for logs",
+                target.node
+            ))
+        })?;
+        let mut stream = nodes.logs(target, q).await?;
+        // A channel between the node's stream and the body: the client going away ends the
+        // send, which drops the stream (and stops a follow).
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "log stream");
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(stream_response(rx, "text/plain"))
     }
 
     pub fn api(&self) -> &Arc<Api<S>> {
@@ -178,6 +235,14 @@ impl<S: ObjectStore> ApiService<S> {
                 );
                 Ok(r)
             }
+            Route::Resource(rr)
+                if rr.kind.plural == "pods"
+                    && rr.kind.group.is_empty()
+                    && rr.subresource.as_deref() == Some("log")
+                    && req.method() == Method::GET =>
+            {
+                self.pod_logs(&rr, req.uri().query()).await
+            }
             Route::Resource(rr) => self.resource(req, rr, accept.as_deref(), &user).await,
         }
     }
@@ -222,7 +287,7 @@ impl<S: ObjectStore> ApiService<S> {
         let reply = match (&method, &r.name) {
             (&Method::GET, None) if q.watch => {
                 let rx = watch::start(api, &r, &q, render)?;
-                return Ok(stream_response(rx));
+                return Ok(stream_response(rx, "application/json"));
             }
             (&Method::GET, Some(_)) if q.watch => {
                 // `?watch` on a single object is a watch with a name field selector.
@@ -239,7 +304,7 @@ impl<S: ObjectStore> ApiService<S> {
                     subresource: None,
                 };
                 let rx = watch::start(api, &rr, &q2, render)?;
-                return Ok(stream_response(rx));
+                return Ok(stream_response(rx, "application/json"));
             }
             (&Method::GET, None) => {
                 let page = api.list(&r, &q).await?;
@@ -383,13 +448,14 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
     json_response(code, &e.status(), &[])
 }
 
-fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+fn stream_response(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
     let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache, private"),

@@ -1,0 +1,131 @@
+//! What the API server asks of this box, answered from the agent's own files: `pods/log`.
+//!
+//! ```text
+//!  kith_api::nodes::NodeConnector::logs(target, query)
+//!        │ <root>/logs/<ns>_<pod>_<uid>/<container>/<attempt>.log  (newest, or the one before)
+//!        ▼
+//!  runtime::logs::read / follow (until the attempt exits) ─► byte stream
+//! ```
+//! In a one-box `kith up` the API server calls this in-process.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kith_api::error::ApiError;
+use kith_api::nodes::{ByteStream, LogQuery, LogTarget, NodeConnector};
+
+use crate::runtime::logs::{self, LogOptions};
+use crate::runtime::{ContainerRuntime, ContainerState};
+
+/// Serves this node's logs from `root` (the agent's data dir).
+pub struct LocalNode<R> {
+    root: PathBuf,
+    runtime: Arc<R>,
+}
+
+impl<R: ContainerRuntime + 'static> LocalNode<R> {
+    pub fn new(root: PathBuf, runtime: Arc<R>) -> Self {
+        LocalNode { root, runtime }
+    }
+
+    fn container_dir(&self, t: &LogTarget) -> PathBuf {
+        self.root
+            .join("logs")
+            .join(format!("{}_{}_{}", t.namespace, t.pod, t.uid))
+            .join(&t.container)
+    }
+}
+
+/// The attempts that have a log file in `dir`, oldest first.
+fn attempts(dir: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+fn options(q: &LogQuery) -> LogOptions {
+    let since = match (q.since_time, q.since_seconds) {
+        (Some(t), _) => Some(t),
+        (None, Some(s)) => jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(s))
+            .ok(),
+        (None, None) => None,
+    };
+    LogOptions {
+        tail_lines: q.tail_lines.map(|n| n.max(0) as usize),
+        since,
+        timestamps: q.timestamps,
+        limit_bytes: q.limit_bytes.map(|n| n.max(1) as usize),
+    }
+}
+
+impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
+    fn logs(
+        &self,
+        target: LogTarget,
+        q: LogQuery,
+    ) -> Pin<Box<dyn Future<Output = Result<ByteStream, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            let dir = self.container_dir(&target);
+            let all = attempts(&dir);
+            let chosen = if q.previous {
+                all.len().checked_sub(2).map(|i| all[i])
+            } else {
+                all.last().copied()
+            };
+            let Some(attempt) = chosen else {
+                return Err(ApiError::BadRequest(if q.previous {
+                    format!(
+                        "previous terminated container \"{}\" in pod \"{}\" not found",
+                        target.container, target.pod
+                    )
+                } else {
+                    format!(
+                        "container \"{}\" in pod \"{}\" is waiting to start: ContainerCreating",
+                        target.container, target.pod
+                    )
+                }));
+            };
+            let path = dir.join(format!("{attempt}.log"));
+            let opts = options(&q);
+            if !q.follow || q.previous {
+                let text = tokio::task::spawn_blocking(move || logs::read(&path, &opts))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::Internal(format!("reading the log: {e}")))?;
+                let once = futures::stream::once(async move { Ok(Bytes::from(text)) });
+                return Ok(Box::pin(once) as ByteStream);
+            }
+            // Follow until this attempt is no longer running.
+            let runtime = self.runtime.clone();
+            let uid = target.uid.clone();
+            let container = target.container.clone();
+            let done = async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let running = runtime.list().await.map(|all| {
+                        all.iter().any(|s| {
+                            s.key.pod_uid == uid
+                                && s.key.container == container
+                                && s.key.attempt == attempt
+                                && matches!(s.state, ContainerState::Running { .. })
+                        })
+                    });
+                    if !matches!(running, Ok(true)) {
+                        return;
+                    }
+                }
+            };
+            Ok(Box::pin(logs::follow(path, opts, done)) as ByteStream)
+        })
+    }
+}
