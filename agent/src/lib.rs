@@ -9,4 +9,5 @@
 //! ```
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
+pub mod network;
 pub mod sync;
