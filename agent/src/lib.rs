@@ -10,4 +10,5 @@
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
 pub mod network;
+pub mod node;
 pub mod sync;
