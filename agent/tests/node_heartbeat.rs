@@ -216,6 +216,8 @@ async fn heartbeat_renews_lease_and_posts_conditions_on_change() {
     );
 
     // Memory runs low: posted at once, and only MemoryPressure moves.
+    // Kubernetes times have whole seconds.
+    let flipped = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap();
     shared.lock().unwrap().memory_available_bytes = 10 << 20;
     let n = eventually(
         "memory pressure posted",
@@ -226,7 +228,11 @@ async fn heartbeat_renews_lease_and_posts_conditions_on_change() {
     let mem = cond(&n, "MemoryPressure");
     assert_eq!(mem.reason.as_deref(), Some("KubeletHasInsufficientMemory"));
     assert_eq!(cond(&n, "Ready").last_transition_time, ready_since);
-    assert!(mem.last_transition_time > ready_since);
+    let moved = mem.last_transition_time.as_ref().unwrap().0;
+    assert!(
+        moved >= flipped,
+        "transition at {moved}, flipped at {flipped}"
+    );
 
     // Someone deletes the Lease: the next renewal recreates it.
     leases.delete("box-1", &Default::default()).await.unwrap();
