@@ -9,6 +9,7 @@
 //! ```
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
+pub mod image;
 pub mod network;
 pub mod node;
 pub mod sync;
