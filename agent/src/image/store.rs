@@ -32,9 +32,9 @@ use super::{
     GcReport, ImageConfig, ImageError, ImageStore, PullPolicy, PulledImage, RegistryCredential,
 };
 
-/// Blobs and unpacked roots younger than this are never collected: another process
-/// (`kith image import`) may be installing them right now.
-const GC_GRACE: Duration = Duration::from_secs(600);
+/// Blobs and unpacked roots without a record and younger than this are not collected by
+/// default: another process (`kith image import`) may be installing them right now.
+const DEFAULT_GC_GRACE: Duration = Duration::from_secs(600);
 
 /// What `dir/images/<hash>.json` holds for one image name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,7 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `ensure` holds it shared, garbage collection exclusively.
     gc: tokio::sync::RwLock<()>,
+    gc_grace_secs: AtomicU64,
 }
 
 impl std::fmt::Debug for RegistryImageStore {
@@ -96,8 +97,17 @@ impl RegistryImageStore {
                 insecure_registries,
                 locks: Mutex::default(),
                 gc: tokio::sync::RwLock::new(()),
+                gc_grace_secs: AtomicU64::new(DEFAULT_GC_GRACE.as_secs()),
             }),
         })
+    }
+
+    /// How old an unreferenced blob or rootfs must be before garbage collection removes
+    /// it (default 10 minutes; tests use zero).
+    pub fn set_gc_grace(&self, grace: Duration) {
+        self.inner
+            .gc_grace_secs
+            .store(grace.as_secs(), Ordering::Relaxed);
     }
 
     /// The store's directory.
@@ -494,6 +504,7 @@ impl RegistryImageStore {
         bytes_to_free: u64,
     ) -> Result<GcReport, ImageError> {
         let now = SystemTime::now();
+        let grace = Duration::from_secs(self.inner.gc_grace_secs.load(Ordering::Relaxed));
         let in_use: HashSet<&str> = in_use.iter().map(String::as_str).collect();
         let records = self.records()?;
         // image id → (last use, names)
@@ -554,7 +565,7 @@ impl RegistryImageStore {
         }
         let young = |meta: &fs::Metadata| {
             meta.modified()
-                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() < GC_GRACE)
+                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() < grace)
         };
         let blobs = self.inner.dir.join("blobs/sha256");
         for entry in fs::read_dir(&blobs).map_err(ImageError::store("reading", &blobs))? {
