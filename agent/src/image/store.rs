@@ -461,30 +461,7 @@ impl RegistryImageStore {
         let mut layers = Vec::new();
         for layer in &manifest.layers {
             if !self.has_blob(name, &layer.digest)? {
-                let temp = self.temp_path("layer");
-                let fetched = async {
-                    let mut file = tokio::fs::File::create(&temp)
-                        .await
-                        .map_err(ImageError::store("creating", &temp))?;
-                    client
-                        .pull_blob(reference, layer, &mut file)
-                        .await
-                        .map_err(pull_error)?;
-                    file.flush()
-                        .await
-                        .map_err(ImageError::store("writing", &temp))?;
-                    file.sync_all()
-                        .await
-                        .map_err(ImageError::store("writing", &temp))
-                }
-                .await;
-                if let Err(e) = fetched {
-                    let _ = fs::remove_file(&temp);
-                    return Err(e);
-                }
-                let (name, digest) = (name.to_string(), layer.digest.clone());
-                self.blocking(move |store| store.commit_blob_file(&name, &digest, &temp))
-                    .await?;
+                self.download_layer(&client, reference, name, layer).await?;
             }
             layers.push(layer.digest.clone());
         }
@@ -496,6 +473,81 @@ impl RegistryImageStore {
             .await?;
         tracing::info!(image = %image.reference, id = %image.image_id, "image pulled");
         Ok(image)
+    }
+
+    /// Streams one layer into a temp file, hashing as it goes and refusing more bytes
+    /// than the manifest announced (a hostile registry must not fill the disk), then
+    /// renames it into the content store once its digest matches.
+    async fn download_layer(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        name: &str,
+        layer: &oci_client::manifest::OciDescriptor,
+    ) -> Result<(), ImageError> {
+        use futures::TryStreamExt;
+        let target = self.blob_path(name, &layer.digest)?;
+        let expected = u64::try_from(layer.size).map_err(|_| {
+            ImageError::bad(
+                name,
+                format!("layer {} has size {}", layer.digest, layer.size),
+            )
+        })?;
+        let temp = self.temp_path("layer");
+        let fetched = async {
+            let mut stream = client
+                .pull_blob_stream(reference, layer)
+                .await
+                .map_err(|e| ImageError::Pull {
+                    image: name.to_string(),
+                    message: registry_message(&e),
+                })?;
+            let mut file = tokio::fs::File::create(&temp)
+                .await
+                .map_err(ImageError::store("creating", &temp))?;
+            let mut hasher = Sha256::new();
+            let mut written = 0u64;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| ImageError::Pull {
+                image: name.to_string(),
+                message: format!("reading layer {}: {e}", layer.digest),
+            })? {
+                written += chunk.len() as u64;
+                if written > expected {
+                    return Err(ImageError::bad(
+                        name,
+                        format!(
+                            "layer {} is larger than the {expected} bytes its manifest says",
+                            layer.digest
+                        ),
+                    ));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(ImageError::store("writing", &temp))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(ImageError::store("writing", &temp))?;
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if actual != layer.digest || written != expected {
+                return Err(ImageError::bad(
+                    name,
+                    format!(
+                        "layer {} arrived as {actual} ({written} of {expected} bytes)",
+                        layer.digest
+                    ),
+                ));
+            }
+            tokio::fs::rename(&temp, &target)
+                .await
+                .map_err(ImageError::store("storing blob", &target))
+        }
+        .await;
+        if fetched.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        fetched
     }
 
     fn collect_garbage_blocking(
