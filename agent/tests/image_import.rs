@@ -199,3 +199,40 @@ async fn combined_layout_falls_back_to_manifest_json() -> Result<()> {
     assert!(err.to_string().contains("full name"), "{err}");
     Ok(())
 }
+
+/// What a crash can leave behind is never taken for a complete image.
+#[tokio::test]
+async fn leftovers_of_a_crash_are_not_images() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let archive = work.path().join("image.oci.tar");
+    image()?.write_oci_archive("kith.test/crash:v1", &archive)?;
+    let dir = work.path().join("store");
+    let store = RegistryImageStore::open(&dir, vec![])?;
+    import_archive(&store, &archive)?;
+    let pulled = store
+        .ensure("kith.test/crash:v1", PullPolicy::Never, &[])
+        .await?;
+
+    // A record whose rootfs is gone (removed by hand) is not an image.
+    fs::rename(&pulled.rootfs, dir.join("tmp/half"))?;
+    let err = store
+        .ensure("kith.test/crash:v1", PullPolicy::Never, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "ErrImageNeverPull");
+
+    // Work in progress (temp rootfs, partial blobs) is swept when the store opens.
+    fs::create_dir_all(dir.join("tmp/rootfs-1/bin"))?;
+    fs::write(dir.join("tmp/layer-2"), "partial")?;
+    let reopened = RegistryImageStore::open(&dir, vec![])?;
+    assert_eq!(fs::read_dir(dir.join("tmp"))?.count(), 0);
+
+    // Importing again rebuilds the rootfs from the stored blobs.
+    import_archive(&reopened, &archive)?;
+    let again = reopened
+        .ensure("kith.test/crash:v1", PullPolicy::Never, &[])
+        .await?;
+    assert_eq!(again.image_id, pulled.image_id);
+    assert!(again.rootfs.join("bin/busybox").is_file());
+    Ok(())
+}
