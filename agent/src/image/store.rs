@@ -360,14 +360,8 @@ impl RegistryImageStore {
     }
 
     fn client_for(&self, reference: &Reference) -> Client {
-        let mut plain_http = self.inner.insecure_registries.clone();
-        for registry in [reference.registry(), reference.resolve_registry()] {
-            if is_loopback_registry(registry) {
-                plain_http.push(registry.to_string());
-            }
-        }
         Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http),
+            protocol: protocol_for(&self.inner.insecure_registries, reference),
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
@@ -681,6 +675,18 @@ impl ImageStore for RegistryImageStore {
     }
 }
 
+/// Plain HTTP only for registries named insecure and for loopback ones (as Docker does);
+/// HTTPS for every other.
+fn protocol_for(insecure_registries: &[String], reference: &Reference) -> ClientProtocol {
+    let mut plain_http = insecure_registries.to_vec();
+    for registry in [reference.registry(), reference.resolve_registry()] {
+        if is_loopback_registry(registry) && !plain_http.iter().any(|r| r == registry) {
+            plain_http.push(registry.to_string());
+        }
+    }
+    ClientProtocol::HttpsExcept(plain_http)
+}
+
 /// `sha256:<hex>` and size of a file, streamed.
 pub(crate) fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     let mut file = fs::File::open(path)?;
@@ -724,5 +730,31 @@ fn remove_path(path: &Path) -> io::Result<()> {
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_named_registries() {
+        let insecure = vec!["10.0.0.5:5000".to_string()];
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "127.0.0.1:5000/busybox",
+                &["10.0.0.5:5000", "127.0.0.1:5000"],
+            ),
+            ("localhost:5000/a/b:1", &["10.0.0.5:5000", "localhost:5000"]),
+            ("10.0.0.5:5000/busybox", &["10.0.0.5:5000"]),
+            ("10.0.0.6:5000/busybox", &["10.0.0.5:5000"]),
+            ("busybox", &["10.0.0.5:5000"]),
+            ("quay.io/org/app:1", &["10.0.0.5:5000"]),
+        ];
+        for (image, want) in cases {
+            let reference = parse(image).unwrap();
+            let want = ClientProtocol::HttpsExcept(want.iter().map(|s| s.to_string()).collect());
+            assert_eq!(protocol_for(&insecure, &reference), want, "{image}");
+        }
     }
 }
