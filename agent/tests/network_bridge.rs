@@ -97,6 +97,42 @@ fn ping_from(ns: Option<&str>, to: Ipv4Addr) -> bool {
     out.status.success()
 }
 
+/// `GET /index.html` over busybox nc (busybox wget crashes on these machines), from the
+/// namespace `ns` (the host's when `None`), retried while the server starts.
+async fn http_get(ns: Option<&str>, addr: &str, port: &str) -> String {
+    let mut response = String::new();
+    for _ in 0..50 {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "busybox"]);
+                c
+            }
+            None => Command::new("busybox"),
+        };
+        let out = cmd
+            .args(["nc", "-w", "2", addr, port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                let mut stdin = child.stdin.take().expect("nc stdin");
+                stdin.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+                drop(stdin);
+                child.wait_with_output()
+            })
+            .expect("run nc");
+        response = String::from_utf8_lossy(&out.stdout).into_owned();
+        if response.contains("200 OK") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    response
+}
+
 #[tokio::test]
 async fn bridge_network_end_to_end() {
     assert!(
@@ -228,33 +264,38 @@ async fn bridge_network_end_to_end() {
         rules.contains(&format!("dnat to {}:80", a.ip)),
         "hostPort rule missing:\n{rules}"
     );
-    // busybox wget crashes on these machines; a raw request over nc does the same job.
-    let target = format!("{host_side}:{host_port}");
-    let mut response = String::new();
-    for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &client_ns, "busybox", "nc", "-w", "2"])
-            .args([host_side.as_str(), &host_port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                let mut stdin = child.stdin.take().expect("nc stdin");
-                stdin.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-                drop(stdin);
-                child.wait_with_output()
-            })
-            .expect("run nc");
-        response = String::from_utf8_lossy(&out.stdout).into_owned();
-        if response.contains("200 OK") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let port = host_port.to_string();
+    let (ns_a, ns_b) = (ns_of(&a), ns_of(&b));
+    let callers = [
+        (
+            "another host's namespace",
+            Some(client_ns.as_str()),
+            host_side.as_str(),
+        ),
+        ("the box itself", None, host_side.as_str()),
+        (
+            "another pod (hairpin)",
+            Some(ns_b.as_str()),
+            host_side.as_str(),
+        ),
+        (
+            "the pod itself (hairpin)",
+            Some(ns_a.as_str()),
+            host_side.as_str(),
+        ),
+    ];
+    for (who, ns, addr) in callers {
+        let response = http_get(ns, addr, &port).await;
+        assert!(
+            response.contains("200 OK") && response.ends_with("hello from pod a\n"),
+            "GET {addr}:{port} through the hostPort from {who}: {response:?}"
+        );
     }
+    // Outbound NAT: the client namespace has no route back to the podCIDR, so only a
+    // masqueraded ping gets an answer.
     assert!(
-        response.contains("200 OK") && response.ends_with("hello from pod a\n"),
-        "GET {target}/index.html through the hostPort: {response:?}"
+        ping_from(Some(&ns_a), format!("10.251.{octet}.2").parse().unwrap()),
+        "pod a → outside the podCIDR"
     );
 
     // A restarted agent sees both pods and never hands out their addresses.

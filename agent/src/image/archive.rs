@@ -28,10 +28,21 @@ pub fn import_archive(store: &RegistryImageStore, file: &Path) -> Result<Vec<Str
     fs::create_dir(&work).map_err(ImageError::store("creating", &work))?;
     let result = (|| {
         let contents = Contents::extract(file, &work, &shown)?;
-        if contents.exists("index.json") {
-            import_oci(store, &contents, &shown)
+        // Newer `docker save` writes both an OCI layout and manifest.json, and its
+        // index.json may name images by bare tag only: then manifest.json names them.
+        let oci = match contents.exists("index.json") {
+            true => import_oci(store, &contents, &shown)?,
+            false => Vec::new(),
+        };
+        if !oci.is_empty() {
+            Ok(oci)
         } else if contents.exists("manifest.json") {
             import_docker(store, &contents, &shown)
+        } else if contents.exists("index.json") {
+            Err(ImageError::bad(
+                &shown,
+                "no image in index.json has a full name in its org.opencontainers.image.ref.name annotation",
+            ))
         } else {
             Err(ImageError::bad(
                 &shown,
@@ -266,6 +277,10 @@ fn import_oci(
         else {
             continue;
         };
+        // A bare tag ("latest", "v1") names no repository.
+        if !ref_name.contains([':', '/', '@']) {
+            continue;
+        }
         let name = parse(ref_name)?.whole();
         let repo = name.split(['@']).next().unwrap_or(&name);
         let repo = repo
@@ -321,12 +336,6 @@ fn import_oci(
         )?;
         tracing::info!(image = %image.reference, id = %image.image_id, "image imported");
         names.push(name);
-    }
-    if names.is_empty() {
-        return Err(ImageError::bad(
-            shown,
-            "no image in index.json has an org.opencontainers.image.ref.name annotation",
-        ));
     }
     Ok(names)
 }

@@ -14,6 +14,16 @@
 //! The decisions (pull policy, reference defaults, credential matching, whiteouts and
 //! path safety) are pure functions; [`RegistryImageStore`] is the thin effectful part,
 //! [`ImageStore`] the trait the sync loop talks to (a recording fake lives in `fake`).
+//!
+//! ```no_run
+//! use kith_agent::image::{ImageStore, PullPolicy, RegistryImageStore};
+//! # async fn example() -> Result<(), kith_agent::image::ImageError> {
+//! let store = RegistryImageStore::open("/var/lib/kith/images".as_ref(), vec![])?;
+//! let policy = PullPolicy::for_container("busybox:1.36", None);
+//! let image = store.ensure("busybox:1.36", policy, &[]).await?;
+//! println!("{} at {}", image.image_id, image.rootfs.display());
+//! # Ok(()) }
+//! ```
 
 mod archive;
 mod auth;

@@ -32,9 +32,9 @@ use super::{
     GcReport, ImageConfig, ImageError, ImageStore, PullPolicy, PulledImage, RegistryCredential,
 };
 
-/// Blobs and unpacked roots younger than this are never collected: another process
-/// (`kith image import`) may be installing them right now.
-const GC_GRACE: Duration = Duration::from_secs(600);
+/// Blobs and unpacked roots without a record and younger than this are not collected by
+/// default: another process (`kith image import`) may be installing them right now.
+const DEFAULT_GC_GRACE: Duration = Duration::from_secs(600);
 
 /// What `dir/images/<hash>.json` holds for one image name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,7 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `ensure` holds it shared, garbage collection exclusively.
     gc: tokio::sync::RwLock<()>,
+    gc_grace_secs: AtomicU64,
 }
 
 impl std::fmt::Debug for RegistryImageStore {
@@ -96,8 +97,17 @@ impl RegistryImageStore {
                 insecure_registries,
                 locks: Mutex::default(),
                 gc: tokio::sync::RwLock::new(()),
+                gc_grace_secs: AtomicU64::new(DEFAULT_GC_GRACE.as_secs()),
             }),
         })
+    }
+
+    /// How old an unreferenced blob or rootfs must be before garbage collection removes
+    /// it (default 10 minutes; tests use zero).
+    pub fn set_gc_grace(&self, grace: Duration) {
+        self.inner
+            .gc_grace_secs
+            .store(grace.as_secs(), Ordering::Relaxed);
     }
 
     /// The store's directory.
@@ -350,14 +360,8 @@ impl RegistryImageStore {
     }
 
     fn client_for(&self, reference: &Reference) -> Client {
-        let mut plain_http = self.inner.insecure_registries.clone();
-        for registry in [reference.registry(), reference.resolve_registry()] {
-            if is_loopback_registry(registry) {
-                plain_http.push(registry.to_string());
-            }
-        }
         Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain_http),
+            protocol: protocol_for(&self.inner.insecure_registries, reference),
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
             ..ClientConfig::default()
@@ -451,30 +455,7 @@ impl RegistryImageStore {
         let mut layers = Vec::new();
         for layer in &manifest.layers {
             if !self.has_blob(name, &layer.digest)? {
-                let temp = self.temp_path("layer");
-                let fetched = async {
-                    let mut file = tokio::fs::File::create(&temp)
-                        .await
-                        .map_err(ImageError::store("creating", &temp))?;
-                    client
-                        .pull_blob(reference, layer, &mut file)
-                        .await
-                        .map_err(pull_error)?;
-                    file.flush()
-                        .await
-                        .map_err(ImageError::store("writing", &temp))?;
-                    file.sync_all()
-                        .await
-                        .map_err(ImageError::store("writing", &temp))
-                }
-                .await;
-                if let Err(e) = fetched {
-                    let _ = fs::remove_file(&temp);
-                    return Err(e);
-                }
-                let (name, digest) = (name.to_string(), layer.digest.clone());
-                self.blocking(move |store| store.commit_blob_file(&name, &digest, &temp))
-                    .await?;
+                self.download_layer(&client, reference, name, layer).await?;
             }
             layers.push(layer.digest.clone());
         }
@@ -488,12 +469,88 @@ impl RegistryImageStore {
         Ok(image)
     }
 
+    /// Streams one layer into a temp file, hashing as it goes and refusing more bytes
+    /// than the manifest announced (a hostile registry must not fill the disk), then
+    /// renames it into the content store once its digest matches.
+    async fn download_layer(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        name: &str,
+        layer: &oci_client::manifest::OciDescriptor,
+    ) -> Result<(), ImageError> {
+        use futures::TryStreamExt;
+        let target = self.blob_path(name, &layer.digest)?;
+        let expected = u64::try_from(layer.size).map_err(|_| {
+            ImageError::bad(
+                name,
+                format!("layer {} has size {}", layer.digest, layer.size),
+            )
+        })?;
+        let temp = self.temp_path("layer");
+        let fetched = async {
+            let mut stream = client
+                .pull_blob_stream(reference, layer)
+                .await
+                .map_err(|e| ImageError::Pull {
+                    image: name.to_string(),
+                    message: registry_message(&e),
+                })?;
+            let mut file = tokio::fs::File::create(&temp)
+                .await
+                .map_err(ImageError::store("creating", &temp))?;
+            let mut hasher = Sha256::new();
+            let mut written = 0u64;
+            while let Some(chunk) = stream.try_next().await.map_err(|e| ImageError::Pull {
+                image: name.to_string(),
+                message: format!("reading layer {}: {e}", layer.digest),
+            })? {
+                written += chunk.len() as u64;
+                if written > expected {
+                    return Err(ImageError::bad(
+                        name,
+                        format!(
+                            "layer {} is larger than the {expected} bytes its manifest says",
+                            layer.digest
+                        ),
+                    ));
+                }
+                hasher.update(&chunk);
+                file.write_all(&chunk)
+                    .await
+                    .map_err(ImageError::store("writing", &temp))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(ImageError::store("writing", &temp))?;
+            let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if actual != layer.digest || written != expected {
+                return Err(ImageError::bad(
+                    name,
+                    format!(
+                        "layer {} arrived as {actual} ({written} of {expected} bytes)",
+                        layer.digest
+                    ),
+                ));
+            }
+            tokio::fs::rename(&temp, &target)
+                .await
+                .map_err(ImageError::store("storing blob", &target))
+        }
+        .await;
+        if fetched.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        fetched
+    }
+
     fn collect_garbage_blocking(
         &self,
         in_use: &[String],
         bytes_to_free: u64,
     ) -> Result<GcReport, ImageError> {
         let now = SystemTime::now();
+        let grace = Duration::from_secs(self.inner.gc_grace_secs.load(Ordering::Relaxed));
         let in_use: HashSet<&str> = in_use.iter().map(String::as_str).collect();
         let records = self.records()?;
         // image id → (last use, names)
@@ -554,7 +611,7 @@ impl RegistryImageStore {
         }
         let young = |meta: &fs::Metadata| {
             meta.modified()
-                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() < GC_GRACE)
+                .is_ok_and(|m| now.duration_since(m).unwrap_or_default() < grace)
         };
         let blobs = self.inner.dir.join("blobs/sha256");
         for entry in fs::read_dir(&blobs).map_err(ImageError::store("reading", &blobs))? {
@@ -618,6 +675,18 @@ impl ImageStore for RegistryImageStore {
     }
 }
 
+/// Plain HTTP only for registries named insecure and for loopback ones (as Docker does);
+/// HTTPS for every other.
+fn protocol_for(insecure_registries: &[String], reference: &Reference) -> ClientProtocol {
+    let mut plain_http = insecure_registries.to_vec();
+    for registry in [reference.registry(), reference.resolve_registry()] {
+        if is_loopback_registry(registry) && !plain_http.iter().any(|r| r == registry) {
+            plain_http.push(registry.to_string());
+        }
+    }
+    ClientProtocol::HttpsExcept(plain_http)
+}
+
 /// `sha256:<hex>` and size of a file, streamed.
 pub(crate) fn hash_file(path: &Path) -> io::Result<(String, u64)> {
     let mut file = fs::File::open(path)?;
@@ -661,5 +730,31 @@ fn remove_path(path: &Path) -> io::Result<()> {
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_named_registries() {
+        let insecure = vec!["10.0.0.5:5000".to_string()];
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "127.0.0.1:5000/busybox",
+                &["10.0.0.5:5000", "127.0.0.1:5000"],
+            ),
+            ("localhost:5000/a/b:1", &["10.0.0.5:5000", "localhost:5000"]),
+            ("10.0.0.5:5000/busybox", &["10.0.0.5:5000"]),
+            ("10.0.0.6:5000/busybox", &["10.0.0.5:5000"]),
+            ("busybox", &["10.0.0.5:5000"]),
+            ("quay.io/org/app:1", &["10.0.0.5:5000"]),
+        ];
+        for (image, want) in cases {
+            let reference = parse(image).unwrap();
+            let want = ClientProtocol::HttpsExcept(want.iter().map(|s| s.to_string()).collect());
+            assert_eq!(protocol_for(&insecure, &reference), want, "{image}");
+        }
     }
 }

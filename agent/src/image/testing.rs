@@ -385,28 +385,52 @@ pub fn write_tar(path: &Path, files: &[(String, Vec<u8>)]) -> Result<()> {
     Ok(())
 }
 
+/// User name accepted by [`TestRegistry::start_with_basic_auth`].
+pub const TEST_REGISTRY_USER: &str = "kith";
+/// Password accepted by [`TestRegistry::start_with_basic_auth`].
+pub const TEST_REGISTRY_PASSWORD: &str = "kith-secret";
+/// htpasswd line for the user and password above (bcrypt, low cost to keep tests fast).
+const TEST_HTPASSWD: &str = "kith:$2b$05$v3gls1Hvsk.zCojCG9O4v.xtxbrZ55RRCeCP9jB.Ihs/Voq6Eip7O\n";
+
 /// Debian's `docker-registry` serving on 127.0.0.1 with its own storage; killed and
 /// removed on drop.
 pub struct TestRegistry {
     child: Option<Child>,
     dir: PathBuf,
     address: String,
+    auth: RegistryAuth,
 }
 
 impl TestRegistry {
     /// Starts `/usr/bin/docker-registry serve CONFIG` on a free loopback port and waits
     /// until `/v2/` answers.
     pub fn start() -> Result<TestRegistry> {
+        Self::start_with(false)
+    }
+
+    /// Like [`TestRegistry::start`], but every request needs HTTP Basic auth with
+    /// [`TEST_REGISTRY_USER`] / [`TEST_REGISTRY_PASSWORD`] (pushes use them).
+    pub fn start_with_basic_auth() -> Result<TestRegistry> {
+        Self::start_with(true)
+    }
+
+    fn start_with(basic_auth: bool) -> Result<TestRegistry> {
         let dir = unique_temp_dir("kith-test-registry")?;
+        let auth = if basic_auth {
+            RegistryAuth::Basic(TEST_REGISTRY_USER.into(), TEST_REGISTRY_PASSWORD.into())
+        } else {
+            RegistryAuth::Anonymous
+        };
         let mut last_error = None;
         // A port found free can be taken before the registry binds it; try a few.
         for _ in 0..3 {
-            match Self::start_in(&dir) {
+            match Self::start_in(&dir, basic_auth) {
                 Ok((child, address)) => {
                     return Ok(TestRegistry {
                         child: Some(child),
                         dir,
                         address,
+                        auth,
                     })
                 }
                 Err(e) => last_error = Some(e),
@@ -416,7 +440,7 @@ impl TestRegistry {
         Err(last_error.expect("tried"))
     }
 
-    fn start_in(dir: &Path) -> Result<(Child, String)> {
+    fn start_in(dir: &Path, basic_auth: bool) -> Result<(Child, String)> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
@@ -424,13 +448,19 @@ impl TestRegistry {
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)?;
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
-                storage.display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n",
+            storage.display()
+        );
+        if basic_auth {
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, TEST_HTPASSWD)?;
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kith-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml)?;
         let log_path = dir.join("registry.log");
         let log = std::fs::File::create(&log_path)?;
         let mut child = Command::new("/usr/bin/docker-registry")
@@ -481,11 +511,7 @@ impl TestRegistry {
 
     /// Pushes `image` as `<repo>:<tag>`; returns the manifest digest (`sha256:…`).
     pub async fn push(&self, repo: &str, tag: &str, image: &TestImage) -> Result<String> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(vec![self.address.clone()]),
-            ..ClientConfig::default()
-        });
+        let client = self.client();
         let reference: Reference = self.image(repo, tag).parse()?;
         let layers = image.oci_layers();
         let config = Config::oci_v1(image.config_json(), None);
@@ -494,15 +520,73 @@ impl TestRegistry {
                 &reference,
                 &layers,
                 config,
-                &RegistryAuth::Anonymous,
+                &self.auth,
                 Some(image.manifest()),
             )
             .await
             .with_context(|| format!("pushing {reference}"))?;
-        let digest = client
-            .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
-            .await?;
+        let digest = client.fetch_manifest_digest(&reference, &self.auth).await?;
         Ok(digest)
+    }
+
+    /// Pushes a multi-platform index as `<repo>:<tag>` whose entries are `images` for the
+    /// given architectures (linux); each image is also tagged `<tag>-<arch>`. Returns the
+    /// index digest.
+    pub async fn push_index(
+        &self,
+        repo: &str,
+        tag: &str,
+        images: &[(&TestImage, &str)],
+    ) -> Result<String> {
+        use oci_client::manifest::{
+            ImageIndexEntry, OciImageIndex, Platform, OCI_IMAGE_INDEX_MEDIA_TYPE,
+            OCI_IMAGE_MEDIA_TYPE,
+        };
+        let client = self.client();
+        let mut manifests = Vec::new();
+        for (image, arch) in images {
+            let arch_tag = format!("{tag}-{arch}");
+            self.push(repo, &arch_tag, image).await?;
+            let reference: Reference = self.image(repo, &arch_tag).parse()?;
+            let (bytes, digest) = client
+                .pull_manifest_raw(&reference, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
+                .await?;
+            manifests.push(ImageIndexEntry {
+                media_type: OCI_IMAGE_MEDIA_TYPE.to_string(),
+                digest,
+                size: bytes.len() as i64,
+                platform: Some(Platform {
+                    architecture: (*arch).into(),
+                    os: "linux".into(),
+                    os_version: None,
+                    os_features: None,
+                    variant: None,
+                    features: None,
+                }),
+                annotations: None,
+                artifact_type: None,
+            });
+        }
+        let index = OciImageIndex {
+            schema_version: 2,
+            media_type: Some(OCI_IMAGE_INDEX_MEDIA_TYPE.to_string()),
+            manifests,
+            artifact_type: None,
+            annotations: None,
+        };
+        let reference: Reference = self.image(repo, tag).parse()?;
+        client
+            .push_manifest_list(&reference, &self.auth, index)
+            .await?;
+        Ok(client.fetch_manifest_digest(&reference, &self.auth).await?)
+    }
+
+    fn client(&self) -> Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![self.address.clone()]),
+            ..ClientConfig::default()
+        })
     }
 
     /// Builds [`TestImage::busybox`] and pushes it; returns the manifest digest.
@@ -535,5 +619,6 @@ fn v2_answers(address: &str) -> bool {
         return false;
     }
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+    // 401: up, and asking for credentials.
+    stream.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
 }

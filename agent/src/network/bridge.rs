@@ -429,6 +429,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn setup_rebuilds_a_network_whose_namespace_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = net(dir.path());
+        let first = n.setup(&req("u1", vec![])).await.unwrap();
+        n.runner().clear();
+        // With a recording runner no namespace appears under /run/netns, as after a
+        // reboot: the pod's old state is removed and its network built again.
+        let again = n.setup(&req("u1", vec![])).await.unwrap();
+        assert_eq!(again, first);
+        let names = plan::names("u1");
+        let ran = lines(n.runner());
+        assert_eq!(ran[0], format!("ip netns delete {}", names.netns));
+        assert!(ran.contains(&format!("ip netns add {}", names.netns)));
+        assert_eq!(n.list().await.unwrap(), vec![first]);
+    }
+
+    #[tokio::test]
     async fn bad_uid_is_refused_before_anything_runs() {
         let dir = tempfile::tempdir().unwrap();
         let n = net(dir.path());

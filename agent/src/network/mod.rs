@@ -191,7 +191,9 @@ pub trait PodNetwork: Send + Sync {
     /// Remove everything the pod's network holds; removing a missing one succeeds.
     fn teardown(&self, pod_uid: &str) -> impl Future<Output = Result<()>> + Send;
 
-    /// The pod networks that exist, e.g. after an agent restart.
+    /// The pod networks that exist, e.g. after an agent restart: every pod holding an
+    /// address. After a reboot their namespaces are gone; `setup` for such a pod builds
+    /// its network again and `teardown` frees it.
     fn list(&self) -> impl Future<Output = Result<Vec<PodNet>>> + Send;
 }
 

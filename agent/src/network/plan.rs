@@ -7,7 +7,8 @@
 //! table ip kith
 //!   chain prerouting  (nat, -100)  hostPort DNAT for traffic arriving from outside
 //!   chain output      (nat, -100)  hostPort DNAT for connections from the box itself
-//!   chain postrouting (nat, 100)   masquerade podCIDR → outside podCIDR
+//!   chain postrouting (nat, 100)   masquerade podCIDR → outside podCIDR, and hairpin
+//!                                  hostPort connections from pod to pod
 //! ```
 //!
 //! Every hostPort rule carries the comment `kith-pod:<uid>`, so teardown finds and
@@ -127,8 +128,11 @@ pub fn host_commands(bridge: &str, table: &str, net: &Ipv4Net) -> Vec<Cmd> {
     ]
 }
 
-/// The table and its chains, with the masquerade rule replaced in one transaction
+/// The table and its chains, with the masquerade rules replaced in one transaction
 /// (`add` of an existing table or chain is a no-op; the flush drops an old podCIDR).
+/// The second rule is the hairpin: a pod reaching a hostPort that lands on a pod of
+/// the same bridge must see the answer come from the address it called, so such
+/// connections leave with the gateway's address.
 /// Priorities are numbers (dstnat = -100, srcnat = 100) because nft 1.0.6 refuses the
 /// `dstnat` name on the output hook.
 pub fn nat_script(table: &str, net: &Ipv4Net) -> String {
@@ -138,7 +142,8 @@ pub fn nat_script(table: &str, net: &Ipv4Net) -> String {
          add chain ip {table} output {{ type nat hook output priority -100; policy accept; }}\n\
          add chain ip {table} postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
          flush chain ip {table} postrouting\n\
-         add rule ip {table} postrouting ip saddr {net} ip daddr != {net} masquerade comment \"kith-masquerade\"\n"
+         add rule ip {table} postrouting ip saddr {net} ip daddr != {net} masquerade comment \"kith-masquerade\"\n\
+         add rule ip {table} postrouting ip saddr {net} ip daddr {net} ct status dnat masquerade comment \"kith-hairpin\"\n"
     )
 }
 
@@ -155,6 +160,9 @@ pub fn pod_commands(bridge: &str, names: &PodNames, ip: Ipv4Addr, net: &Ipv4Net)
             "link", "add", veth, "type", "veth", "peer", "name", POD_IFACE, "netns", ns,
         ]),
         Cmd::ip(&["link", "set", veth, "master", bridge]),
+        // Lets a pod's hostPort traffic that is DNAT'd back to itself leave and re-enter
+        // through the same bridge port.
+        Cmd::ip(&["link", "set", veth, "type", "bridge_slave", "hairpin", "on"]),
         Cmd::ip(&["link", "set", veth, "up"]),
         Cmd::ip(&["-n", ns, "addr", "add", &addr, "dev", POD_IFACE]),
         Cmd::ip(&["-n", ns, "link", "set", POD_IFACE, "up"]),
@@ -334,6 +342,7 @@ mod tests {
                 format!("ip -n {ns} link set lo up"),
                 format!("ip link add {veth} type veth peer name eth0 netns {ns}"),
                 format!("ip link set {veth} master kith0"),
+                format!("ip link set {veth} type bridge_slave hairpin on"),
                 format!("ip link set {veth} up"),
                 format!("ip -n {ns} addr add 10.244.3.7/24 dev eth0"),
                 format!("ip -n {ns} link set eth0 up"),

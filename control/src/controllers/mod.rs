@@ -11,6 +11,7 @@ pub mod gc;
 pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
+pub mod nodeipam;
 pub mod pods;
 pub mod replicaset;
 pub mod statefulset;
@@ -51,6 +52,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(endpoints::run(client.clone()));
     set.spawn(statefulset::run(client.clone()));
     set.spawn(node_lifecycle::run(client.clone()));
+    set.spawn(nodeipam::run(client.clone(), nodeipam::Cidr::default()));
     set.spawn(crate::scheduler::run(client.clone()));
     set
 }
