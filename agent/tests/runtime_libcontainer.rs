@@ -414,3 +414,63 @@ async fn a_new_runtime_readopts_running_containers() {
     assert_gone(&env, &key, Some(pid));
     assert!(env.rt.list().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
+    use kith_agent::runtime::ExecRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    let req = env.request("target", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+
+    let script = "echo out; echo err >&2; cat; hostname; exit 5";
+    let command = vec!["sh".to_string(), "-c".into(), script.into()];
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command,
+                tty: false,
+                stdin: true,
+            },
+        )
+        .await
+        .unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"piped input\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(s.exit_code.await.unwrap(), 5);
+    // The hostname proves the process runs in the container's UTS namespace.
+    assert_eq!(out, "out\npiped input\np\n");
+    assert_eq!(err, "err\n");
+
+    let command = vec!["/bin/no-such-command".to_string()];
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command,
+                tty: false,
+                stdin: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut err = String::new();
+    s.stderr.read_to_string(&mut err).await.unwrap();
+    assert_eq!(
+        s.exit_code.await.unwrap(),
+        kith_agent::runtime::shim::EXEC_START_FAILED
+    );
+    assert!(err.contains("no-such-command"), "stderr: {err}");
+}

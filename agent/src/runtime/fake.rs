@@ -24,8 +24,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{
-    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, ExitReason, Result,
-    RuntimeError, StartRequest,
+    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, ExecRequest, ExecSession,
+    ExitReason, Result, RuntimeError, StartRequest,
 };
 
 /// One call the fake received, in order.
@@ -35,6 +35,15 @@ pub enum Call {
     List,
     Stop(ContainerKey, Duration),
     Remove(ContainerKey),
+    Exec(ContainerKey, Vec<String>),
+}
+
+/// What the next exec in a container (by name) prints and returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
 }
 
 /// What the next start of a container (by name) does.
@@ -54,6 +63,7 @@ struct Inner {
     containers: BTreeMap<ContainerKey, ContainerStatus>,
     calls: Vec<Call>,
     scripts: HashMap<String, VecDeque<StartOutcome>>,
+    execs: HashMap<String, VecDeque<ExecOutcome>>,
     failures: HashMap<&'static str, VecDeque<String>>,
     next_pid: i32,
 }
@@ -100,7 +110,17 @@ impl FakeRuntime {
             .push_back(outcome);
     }
 
-    /// Makes the next call of `op` ("start", "list", "stop" or "remove") fail with `message`.
+    /// Queues what the next exec in containers named `container` does (default: no
+    /// output, exit 0).
+    pub fn script_exec(&self, container: &str, outcome: ExecOutcome) {
+        self.lock()
+            .execs
+            .entry(container.to_string())
+            .or_default()
+            .push_back(outcome);
+    }
+
+    /// Makes the next call of `op` ("start", "list", "stop", "remove" or "exec") fail with `message`.
     pub fn fail_next(&self, op: &'static str, message: &str) {
         self.lock()
             .failures
@@ -230,6 +250,38 @@ impl ContainerRuntime for FakeRuntime {
         inner.containers.remove(key);
         Ok(())
     }
+
+    async fn exec(&self, key: &ContainerKey, req: ExecRequest) -> Result<ExecSession> {
+        let mut inner = self.lock();
+        inner
+            .calls
+            .push(Call::Exec(key.clone(), req.command.clone()));
+        if let Some(e) = Self::take_failure(&mut inner, "exec") {
+            return Err(e);
+        }
+        match inner.containers.get(key).map(|s| &s.state) {
+            Some(ContainerState::Running { .. }) => {}
+            Some(_) => {
+                return Err(RuntimeError::Sys(format!(
+                    "container {} is not running",
+                    key.dir_name()
+                )))
+            }
+            None => return Err(RuntimeError::NotFound(key.dir_name())),
+        }
+        let outcome = inner
+            .execs
+            .get_mut(&key.container)
+            .and_then(|q| q.pop_front())
+            .unwrap_or_default();
+        let stdin = req.stdin.then(|| Box::pin(tokio::io::sink()) as _);
+        Ok(ExecSession {
+            stdin,
+            stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
+            stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
+            exit_code: Box::pin(std::future::ready(Ok(outcome.exit_code))),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +337,40 @@ mod tests {
             }
         ));
 
+        rt.script_exec(
+            "web",
+            ExecOutcome {
+                stdout: b"hi\n".to_vec(),
+                stderr: vec![],
+                exit_code: 3,
+            },
+        );
+        let req = ExecRequest {
+            command: vec!["echo".into()],
+            tty: false,
+            stdin: false,
+        };
+        assert!(
+            rt.exec(&key("web"), req.clone()).await.is_err(),
+            "web has exited"
+        );
+        rt.insert(ContainerStatus {
+            state: ContainerState::Running {
+                pid: 1,
+                started_at: Timestamp::now(),
+            },
+            ..web.clone()
+        });
+        let mut session = rt.exec(&key("web"), req).await.unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut session.stdout, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.as_str(), session.exit_code.await.unwrap()),
+            ("hi\n", 3)
+        );
+
         rt.remove(&key("web")).await.unwrap();
         rt.remove(&key("web")).await.unwrap();
         assert_eq!(rt.list().await.unwrap().len(), 1);
@@ -296,6 +382,8 @@ mod tests {
                 Call::Start(key("web")),
                 Call::Stop(key("web"), Duration::from_secs(1)),
                 Call::List,
+                Call::Exec(key("web"), vec!["echo".into()]),
+                Call::Exec(key("web"), vec!["echo".into()]),
                 Call::Remove(key("web")),
                 Call::Remove(key("web")),
                 Call::List,

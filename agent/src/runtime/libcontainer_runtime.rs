@@ -14,8 +14,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::state::{self, Exit, Meta, Pids};
 use super::{
-    io_err, ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, ExitReason, Result,
-    RuntimeError, StartRequest,
+    io_err, ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, ExecRequest,
+    ExecSession, ExitReason, Result, RuntimeError, StartRequest,
 };
 
 /// How long a shim may take to report that the container runs.
@@ -471,5 +471,63 @@ impl ContainerRuntime for LibcontainerRuntime {
         .await
         .map_err(|e| RuntimeError::Sys(format!("remove task: {e}")))??;
         Ok(())
+    }
+
+    async fn exec(&self, key: &ContainerKey, req: ExecRequest) -> Result<ExecSession> {
+        key.validate()?;
+        if req.tty {
+            return Err(RuntimeError::Unsupported("exec with a tty"));
+        }
+        if req.command.is_empty() {
+            return Err(RuntimeError::Spec("exec needs a command".into()));
+        }
+        let dir = self.container_dir(key);
+        match read_status(&dir)? {
+            Some(ContainerStatus {
+                state: ContainerState::Running { .. },
+                ..
+            }) => {}
+            Some(_) => {
+                return Err(RuntimeError::Sys(format!(
+                    "container {} is not running",
+                    key.dir_name()
+                )))
+            }
+            None => return Err(RuntimeError::NotFound(key.dir_name())),
+        }
+        let mut child = tokio::process::Command::new(&self.config.shim_binary)
+            .arg("shim")
+            .arg("exec")
+            .arg(&dir)
+            .arg("--")
+            .args(&req.command)
+            // The helper's stderr is the session's: its own logging must stay quiet.
+            .env("KITH_LOG", "off")
+            .stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_err("spawn shim exec"))?;
+        let stdin = child.stdin.take().map(|s| Box::pin(s) as _);
+        let stdout = Box::pin(child.stdout.take().expect("stdout is piped"));
+        let stderr = Box::pin(child.stderr.take().expect("stderr is piped"));
+        let exit_code = Box::pin(async move {
+            let status = child.wait().await.map_err(io_err("wait for shim exec"))?;
+            use std::os::unix::process::ExitStatusExt;
+            Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        });
+        Ok(ExecSession {
+            stdin,
+            stdout,
+            stderr,
+            exit_code,
+        })
     }
 }

@@ -25,10 +25,12 @@ pub mod fake;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeConfig};
 
@@ -127,6 +129,33 @@ pub struct StartRequest {
     pub log_path: PathBuf,
 }
 
+/// A command to run inside a running container (`kubectl exec`, exec probes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// A terminal for the process; not supported yet (`start` fails with `Unsupported`).
+    pub tty: bool,
+    /// Whether the caller will write to the process's stdin (otherwise it reads /dev/null).
+    pub stdin: bool,
+}
+
+/// A running exec: the process's stdio and its exit code.
+pub struct ExecSession {
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// Resolves to the process's exit code (128 + signal when killed) once it ends.
+    pub exit_code: Pin<Box<dyn Future<Output = Result<i32>> + Send>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("invalid container key {0:?}")]
@@ -151,6 +180,8 @@ pub enum RuntimeError {
     Sys(String),
     #[error("invalid spec: {0}")]
     Spec(String),
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -170,4 +201,10 @@ pub trait ContainerRuntime: Send + Sync {
     fn stop(&self, key: &ContainerKey, grace: Duration) -> impl Future<Output = Result<()>> + Send;
     /// Kills what is left and removes every trace (mounts, cgroups, state). Idempotent.
     fn remove(&self, key: &ContainerKey) -> impl Future<Output = Result<()>> + Send;
+    /// Starts `req.command` in the running container; the session carries its stdio.
+    fn exec(
+        &self,
+        key: &ContainerKey,
+        req: ExecRequest,
+    ) -> impl Future<Output = Result<ExecSession>> + Send;
 }

@@ -36,6 +36,10 @@ pub fn main(args: Vec<String>) -> i32 {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["run", dir] => run(Path::new(dir)),
+        ["exec", dir, "--", command @ ..] if !command.is_empty() => exec(
+            Path::new(dir),
+            command.iter().map(|s| s.to_string()).collect(),
+        ),
         ["delete", dir] => match delete(Path::new(dir)) {
             Ok(()) => 0,
             Err(e) => {
@@ -44,7 +48,9 @@ pub fn main(args: Vec<String>) -> i32 {
             }
         },
         _ => {
-            eprintln!("usage: kith shim run <container dir> | kith shim delete <container dir>");
+            eprintln!(
+                "usage: kith shim run <dir> | kith shim exec <dir> -- <command>... | kith shim delete <dir>"
+            );
             2
         }
     }
@@ -316,6 +322,44 @@ pub fn parse_oom_kill(text: &str) -> u64 {
         .filter_map(|n| n.trim().parse().ok())
         .next()
         .unwrap_or(0)
+}
+
+/// Exit code of `kith shim exec` when the process could not be started in the container.
+pub const EXEC_START_FAILED: i32 = 126;
+
+/// Runs `command` inside the running container with this helper's stdin, stdout and
+/// stderr (the agent holds the other ends), waits for it and exits with its code.
+fn exec(dir: &Path, command: Vec<String>) -> i32 {
+    let lc_root = dir.join(state::LC_ROOT);
+    let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
+        .with_root_path(&lc_root)
+        .and_then(|b| b.validate_id())
+        .and_then(|b| {
+            b.as_tenant()
+                .with_container_args(command)
+                .with_detach(false)
+                .build()
+        });
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            // This stderr is the exec session's: the user sees why, as with `runc exec`.
+            eprintln!("kith: cannot exec in container: {}", describe(&e));
+            return EXEC_START_FAILED;
+        }
+    };
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        Ok(other) => {
+            eprintln!("kith: unexpected wait status {other:?}");
+            255
+        }
+        Err(e) => {
+            eprintln!("kith: waitpid: {e}");
+            255
+        }
+    }
 }
 
 /// `libcontainer delete --force`: kills what is left, removes its cgroup and state.
