@@ -114,12 +114,27 @@ impl Env {
         command: &[&str],
         resources: serde_json::Value,
     ) -> StartRequest {
+        self.request_with(
+            name,
+            json!({"command": command, "resources": resources}),
+            BTreeMap::new(),
+        )
+    }
+
+    /// `extra` are Container fields; `volumes` maps pod volume names to host paths.
+    fn request_with(
+        &mut self,
+        name: &str,
+        extra: serde_json::Value,
+        volumes: BTreeMap<String, PathBuf>,
+    ) -> StartRequest {
         let key = self.key(name);
         self.started.push(key.clone());
-        let container: Container = serde_json::from_value(json!({
-            "name": name, "image": "busybox", "command": command, "resources": resources,
-        }))
-        .unwrap();
+        let mut c = json!({"name": name, "image": "busybox"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let container: Container = serde_json::from_value(c).unwrap();
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "default", "uid": self.pod_uid},
             "spec": {"containers": [container.clone()]},
@@ -130,7 +145,6 @@ impl Env {
             ..Default::default()
         };
         let empty = BTreeMap::new();
-        let volumes = BTreeMap::new();
         let input = ContainerInput {
             pod: &pod,
             container: &container,
@@ -473,4 +487,62 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
         kith_agent::runtime::shim::EXEC_START_FAILED
     );
     assert!(err.contains("no-such-command"), "stderr: {err}");
+}
+
+#[tokio::test]
+async fn spec_rules_hold_inside_a_real_container() {
+    let mut env = Env::new();
+    let vol = env._tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("sub/file"), "from the host\n").unwrap();
+    // uid 1000 writes to the volume root; no fsGroup ownership change happens here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = "set -e; id -u; id -g; echo $GREETING; cat /data/file; \
+                  if touch /data/new 2>/dev/null; then echo data-writable; fi; \
+                  if touch /rootfile 2>/dev/null; then echo root-writable; fi; \
+                  touch /rw/ok; grep CapBnd /proc/self/status; pwd";
+    let req = env.request_with(
+        "rules",
+        json!({
+            "command": ["sh", "-c", script],
+            "workingDir": "/rw",
+            "env": [{"name": "GREETING", "value": "hi $(WHO)"}, {"name": "WHO", "value": "late"}],
+            "securityContext": {
+                "runAsUser": 1000, "runAsGroup": 2000, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+            },
+            "volumeMounts": [
+                {"name": "v", "mountPath": "/data", "subPath": "sub", "readOnly": true},
+                {"name": "v", "mountPath": "/rw"},
+            ],
+        }),
+        [("v".to_string(), vol.clone())].into(),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let s = env.wait_exited(&key, Duration::from_secs(20)).await;
+    let log = env.log("rules");
+    let out: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(exited(&s), (0, None, ExitReason::Completed), "log:\n{log}");
+    // CAP_NET_BIND_SERVICE is bit 10.
+    assert_eq!(
+        out,
+        [
+            "1000",
+            "2000",
+            "hi $(WHO)",
+            "from the host",
+            "CapBnd:\t0000000000000400",
+            "/rw"
+        ],
+        "log:\n{log}"
+    );
+    assert!(
+        vol.join("ok").exists(),
+        "the writable volume is the host directory"
+    );
 }
