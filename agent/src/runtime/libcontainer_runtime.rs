@@ -2,6 +2,10 @@
 //!
 //! The agent side only prepares files and mounts, spawns the shim, sends signals and reads
 //! state files back; every libcontainer call happens inside a shim (see [`super::shim`]).
+//!
+//! Shims start in the agent's cgroup. Under systemd the agent's unit needs
+//! `KillMode=process` (as containerd's has), or stopping the agent kills every shim; the
+//! containers would live on, but their exits would no longer be recorded.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -57,7 +61,10 @@ pub struct LibcontainerRuntime {
 impl LibcontainerRuntime {
     /// Holds no state in memory: a new instance on the same `state_dir` sees (re-adopts)
     /// every container an earlier one started.
-    pub fn new(config: RuntimeConfig) -> Self {
+    pub fn new(mut config: RuntimeConfig) -> Self {
+        // The shim changes its working directory (libcontainer does), so every path it
+        // gets must be absolute.
+        config.state_dir = absolute(config.state_dir);
         LibcontainerRuntime { config }
     }
 
@@ -163,6 +170,14 @@ impl LibcontainerRuntime {
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
+    }
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|cwd| cwd.join(&p)).unwrap_or(p)
     }
 }
 
@@ -379,8 +394,10 @@ fn remove_cgroups(cgroup: &Path, root: &Path) -> Result<()> {
 }
 
 impl ContainerRuntime for LibcontainerRuntime {
-    async fn start(&self, req: StartRequest) -> Result<ContainerStatus> {
+    async fn start(&self, mut req: StartRequest) -> Result<ContainerStatus> {
         req.key.validate()?;
+        req.log_path = absolute(req.log_path);
+        req.image_rootfs = absolute(req.image_rootfs);
         std::fs::create_dir_all(self.containers_dir()).map_err(io_err("create state dir"))?;
         let dir = self.container_dir(&req.key);
         let config = self.config.clone();

@@ -4,7 +4,7 @@
 //! [`logs`] reads them for `kubectl logs`).
 //!
 //! ```text
-//!  sync loop ──► ContainerRuntime::{start, list, stop, remove}
+//!  sync loop ──► ContainerRuntime::{start, list, stop, remove, exec}
 //!                    │ LibcontainerRuntime (in the agent, async, no libcontainer calls)
 //!                    │   overlay rootfs, config.json, meta.json in a state dir
 //!                    ▼
