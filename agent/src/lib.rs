@@ -12,4 +12,6 @@
 pub mod image;
 pub mod network;
 pub mod node;
+pub mod runtime;
+pub mod spec;
 pub mod sync;
