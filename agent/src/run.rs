@@ -136,8 +136,8 @@ fn allocatable_of(node: &Node) -> NodeAllocatable {
         alloc.get(k).and_then(|q| f(&q.0).ok()).unwrap_or(0)
     };
     NodeAllocatable {
-        cpu_millis: get("cpu", crate::spec::quantity::milli_cpu),
-        memory_bytes: get("memory", crate::spec::quantity::bytes),
-        ephemeral_storage_bytes: get("ephemeral-storage", crate::spec::quantity::bytes),
+        cpu_millis: get("cpu", crate::spec::milli_cpu),
+        memory_bytes: get("memory", crate::spec::quantity_bytes),
+        ephemeral_storage_bytes: get("ephemeral-storage", crate::spec::quantity_bytes),
     }
 }

@@ -2,6 +2,7 @@
 //! join token.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -33,6 +34,12 @@ enum Command {
         #[arg(long, default_value_t = kith_api::store::state::DEFAULT_HISTORY)]
         watch_history: usize,
     },
+    /// Internal: the per-container shim the agent starts (`kith shim run <dir>`).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Join tokens for agents and control boxes.
     Token {
         #[command(subcommand)]
@@ -53,15 +60,28 @@ enum TokenCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    if let Command::Shim { args } = cli.command {
+        // The container's processes are forked from the shim and see the container's
+        // stderr as fd 2 until they exec; logging to a private copy of fd 2 keeps
+        // libcontainer's messages in the shim's log, out of the container's.
+        let log = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned()?);
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(log))
+            .init();
+        // Before any runtime exists: the shim must stay single-threaded.
+        std::process::exit(kith_agent::runtime::shim::main(args));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Shim { .. } => unreachable!("handled before the logger is set up"),
         Command::Up {
             data_dir,
             listen,

@@ -12,7 +12,7 @@
 //! becomes the container's waiting reason.
 
 mod env;
-pub mod quantity;
+mod quantity;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};

@@ -472,7 +472,7 @@ pub fn prepare(
                 if *memory && !is_mountpoint(&dir) {
                     let size = size_limit
                         .as_deref()
-                        .and_then(|q| crate::spec::quantity::bytes(q).ok())
+                        .and_then(|q| crate::spec::quantity_bytes(q).ok())
                         .map(|b| format!("size={b}"));
                     nix::mount::mount(
                         Some("tmpfs"),

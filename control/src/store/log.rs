@@ -55,7 +55,7 @@ const MAX_BATCH: usize = 4096;
 const COMMITTED_IDLE: Duration = Duration::from_millis(20);
 /// redb's page cache; the log is read back rarely (replication catch-up, startup), and an
 /// idle edge box should not keep tens of MB of log pages resident.
-const CACHE_BYTES: usize = 2 * 1024 * 1024;
+const CACHE_BYTES: usize = 1024 * 1024;
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 

@@ -1,0 +1,394 @@
+//! `kith shim`: the small process that owns one container.
+//!
+//! ```text
+//!  agent ──spawn──► kith shim run <dir>      (setsid; single-threaded)
+//!                     │ libcontainer create+start (init reads config.json in <dir>)
+//!                     │ stdout line "started <pid>" / "failed <why>" → agent, then /dev/null
+//!                     │ copy container stdout/stderr → CRI log (rotating)
+//!                     │ waitpid(container) → exit.json (code, signal, OOMKilled)
+//!                     ▼ exit
+//!  agent ──spawn──► kith shim delete <dir>   (libcontainer delete --force)
+//! ```
+//! libcontainer clones and runs Rust code in the child and changes the working directory
+//! of the whole process, so it only ever runs here, never inside the agent's tokio
+//! runtime. The shim is the container's parent: it alone can reap it and learn its exit
+//! status, and it survives the agent (own session, no tie to the agent's stdio).
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::crilog::{format_line, LineSplitter, RotatingWriter, Stream, MAX_LINE};
+use super::state::{self, Exit, Meta, Pids};
+use super::ExitReason;
+
+/// Entry point for `kith shim <args>`; returns the process exit code.
+pub fn main(args: Vec<String>) -> i32 {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["run", dir] => run(Path::new(dir)),
+        ["exec", dir, "--", command @ ..] if !command.is_empty() => exec(
+            Path::new(dir),
+            command.iter().map(|s| s.to_string()).collect(),
+        ),
+        ["delete", dir] => match delete(Path::new(dir)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("kith shim delete: {e}");
+                1
+            }
+        },
+        _ => {
+            eprintln!(
+                "usage: kith shim run <dir> | kith shim exec <dir> -- <command>... | kith shim delete <dir>"
+            );
+            2
+        }
+    }
+}
+
+/// The container id libcontainer knows: the state directory's name.
+fn container_id(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Tells the agent how the start went, then lets go of the pipe so the shim never
+/// blocks or dies (SIGPIPE) on an agent that went away.
+fn report(line: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", line.replace('\n', " "));
+    let _ = out.flush();
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+fn run(dir: &Path) -> i32 {
+    // A session of its own: the agent's terminal, process group and death do not reach us.
+    let _ = nix::unistd::setsid();
+    let started = Timestamp::now();
+    let fail = |message: String| -> i32 {
+        tracing::error!(%message, "container did not start");
+        let exit = Exit {
+            exit_code: 128,
+            signal: None,
+            reason: ExitReason::StartError,
+            message: Some(message.clone()),
+            started_at: None,
+            finished_at: Timestamp::now(),
+        };
+        let _ = state::write_json(&dir.join(state::EXIT), &exit);
+        report(&format!("failed {message}"));
+        1
+    };
+    let meta: Meta = match state::read_json(&dir.join(state::META)) {
+        Ok(Some(m)) => m,
+        Ok(None) => return fail(format!("{} is missing", state::META)),
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut log = match RotatingWriter::open(&meta.log_path, meta.log_max_bytes) {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot open log {}: {e}", meta.log_path.display())),
+    };
+    let (pipes, container) = match create_and_start(dir) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let Some(pid) = container.pid() else {
+        return fail("libcontainer reported no pid".into());
+    };
+    let me = std::process::id() as i32;
+    let (Some(shim), Some(cproc)) = (state::proc_id(me), state::proc_id(pid.as_raw())) else {
+        return fail(format!(
+            "container process {pid} vanished right after start"
+        ));
+    };
+    let pids = Pids {
+        shim,
+        container: cproc,
+        started_at: started,
+    };
+    if let Err(e) = state::write_json(&dir.join(state::PIDS), &pids) {
+        return fail(format!("cannot record pids: {e}"));
+    }
+    report(&format!("started {pid}"));
+
+    let status = copy_until_exit(pid, pipes, &mut log);
+    let (exit_code, signal) = match status {
+        WaitStatus::Exited(_, code) => (code, None),
+        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
+        _ => (255, None),
+    };
+    let oom = cgroups_path(dir).map(|p| oom_kills(&p)).unwrap_or(0) > 0;
+    let reason = if oom {
+        ExitReason::OomKilled
+    } else if exit_code == 0 {
+        ExitReason::Completed
+    } else {
+        ExitReason::Error
+    };
+    let exit = Exit {
+        exit_code,
+        signal,
+        reason,
+        message: None,
+        started_at: Some(started),
+        finished_at: Timestamp::now(),
+    };
+    tracing::info!(?exit, "container exited");
+    match state::write_json(&dir.join(state::EXIT), &exit) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(%e, "cannot record exit");
+            1
+        }
+    }
+}
+
+type Pipes = [(OwnedFd, Stream); 2];
+
+fn create_and_start(dir: &Path) -> Result<(Pipes, Container), String> {
+    let id = container_id(dir);
+    let lc_root = dir.join(state::LC_ROOT);
+    std::fs::create_dir_all(&lc_root)
+        .map_err(|e| format!("cannot create {}: {e}", lc_root.display()))?;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    // The builder owns the write ends and closes them when it is done, so the read
+    // ends see EOF once the container's processes are gone.
+    let mut container = ContainerBuilder::new(id, SyscallType::Linux)
+        .with_root_path(&lc_root)
+        .and_then(|b| b.with_stdout(out_w).with_stderr(err_w).validate_id())
+        .and_then(|b| b.as_init(dir).with_systemd(false).with_detach(true).build())
+        .map_err(|e| describe(&e))?;
+    container.start().map_err(|e| describe(&e))?;
+    Ok((
+        [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        container,
+    ))
+}
+
+/// libcontainer's errors nest; the chain of sources is what tells a user why.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+/// Copies output to the log while the container runs; returns its wait status once it
+/// exited and the pipes are drained.
+fn copy_until_exit(pid: Pid, pipes: Pipes, log: &mut RotatingWriter) -> WaitStatus {
+    let mut open: Vec<(OwnedFd, Stream, LineSplitter)> = pipes
+        .into_iter()
+        .map(|(fd, s)| (fd, s, LineSplitter::new(MAX_LINE)))
+        .collect();
+    let mut exited: Option<WaitStatus> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if exited.is_none() {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => exited = Some(s),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(%e, "waitpid");
+                    exited = Some(WaitStatus::Exited(pid, 255));
+                }
+            }
+        }
+        if open.is_empty() {
+            match exited {
+                Some(s) => return s,
+                None => {
+                    // Output closed but the process lives on: just wait for it.
+                    return waitpid(pid, None).unwrap_or(WaitStatus::Exited(pid, 255));
+                }
+            }
+        }
+        // Once the container exited, only drain what is already buffered.
+        let timeout = if exited.is_some() {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::from(200u16)
+        };
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = open
+                .iter()
+                .map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => vec![true; open.len()],
+            }
+        };
+        if exited.is_some() && !ready.iter().any(|r| *r) {
+            for (_, stream, splitter) in open.iter_mut() {
+                flush_rest(*stream, splitter, log);
+            }
+            open.clear();
+            continue;
+        }
+        let mut closed = Vec::new();
+        for (i, (fd, stream, splitter)) in open.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => {
+                    flush_rest(*stream, splitter, log);
+                    closed.push(i);
+                }
+                Ok(n) => {
+                    let now = Timestamp::now();
+                    for (line, tag) in splitter.push(&buf[..n]) {
+                        write_log(log, &format_line(now, *stream, tag, &line));
+                    }
+                }
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+}
+
+fn flush_rest(stream: Stream, splitter: &mut LineSplitter, log: &mut RotatingWriter) {
+    if let Some((line, tag)) = splitter.finish() {
+        write_log(log, &format_line(Timestamp::now(), stream, tag, &line));
+    }
+}
+
+fn write_log(log: &mut RotatingWriter, line: &[u8]) {
+    if let Err(e) = log.write_line(line) {
+        tracing::warn!(%e, "cannot write container log");
+    }
+}
+
+/// linux.cgroupsPath from the bundle's config.json.
+pub(crate) fn cgroups_path(dir: &Path) -> Option<PathBuf> {
+    let bytes = std::fs::read(dir.join(state::CONFIG)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["linux"]["cgroupsPath"].as_str().map(PathBuf::from)
+}
+
+/// How many times the kernel's OOM killer struck inside the container's memory cgroup:
+/// cgroup v1 `memory.oom_control`, or v2 `memory.events`, whichever this host has.
+fn oom_kills(cgroup: &Path) -> u64 {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let candidates = [
+        Path::new("/sys/fs/cgroup/memory")
+            .join(rel)
+            .join("memory.oom_control"),
+        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+        Path::new("/sys/fs/cgroup/unified")
+            .join(rel)
+            .join("memory.events"),
+    ];
+    candidates
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|text| parse_oom_kill(&text))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The `oom_kill N` counter from memory.oom_control / memory.events text.
+pub fn parse_oom_kill(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+/// Exit code of `kith shim exec` when the process could not be started in the container.
+pub const EXEC_START_FAILED: i32 = 126;
+
+/// Runs `command` inside the running container with this helper's stdin, stdout and
+/// stderr (the agent holds the other ends), waits for it and exits with its code.
+fn exec(dir: &Path, command: Vec<String>) -> i32 {
+    let lc_root = dir.join(state::LC_ROOT);
+    let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
+        .with_root_path(&lc_root)
+        .and_then(|b| b.validate_id())
+        .and_then(|b| {
+            b.as_tenant()
+                .with_container_args(command)
+                .with_detach(false)
+                .build()
+        });
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            // This stderr is the exec session's: the user sees why, as with `runc exec`.
+            eprintln!("kith: cannot exec in container: {}", describe(&e));
+            return EXEC_START_FAILED;
+        }
+    };
+    match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        Ok(other) => {
+            eprintln!("kith: unexpected wait status {other:?}");
+            255
+        }
+        Err(e) => {
+            eprintln!("kith: waitpid: {e}");
+            255
+        }
+    }
+}
+
+/// `libcontainer delete --force`: kills what is left, removes its cgroup and state.
+fn delete(dir: &Path) -> Result<(), String> {
+    let root = dir.join(state::LC_ROOT).join(container_id(dir));
+    if !root.join("state.json").exists() {
+        return Ok(());
+    }
+    let mut container = Container::load(root).map_err(|e| describe(&e))?;
+    container.delete(true).map_err(|e| describe(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counters() {
+        let cases = [
+            ("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", 2),
+            (
+                "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+                1,
+            ),
+            ("oom_kill_disable 0\nunder_oom 0\n", 0),
+            ("", 0),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_oom_kill(text), want, "{text:?}");
+        }
+    }
+}

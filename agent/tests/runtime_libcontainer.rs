@@ -1,0 +1,548 @@
+//! Real containers through LibcontainerRuntime and the `kith shim` (run as root).
+//!
+//! The shim is the `kith` binary: set KITH_SHIM to a copy of it, or build it first
+//! (`cargo build -p kith-control`) and the tests use target/debug/kith.
+//! Each test uses its own state dir, pod uid and cgroup, and removes its container even
+//! when an assertion fails.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kith_agent::runtime::{
+    ContainerKey, ContainerRuntime, ContainerState, ExitReason, LibcontainerRuntime, RuntimeConfig,
+    RuntimeError, StartRequest,
+};
+use kith_agent::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable};
+use serde_json::json;
+
+const CGROUP_ROOT: &str = "/kith-test";
+
+fn shim_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KITH_SHIM") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kith");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build -p kith-control` or set KITH_SHIM",
+        p.display()
+    );
+    p
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A busybox root filesystem: the static binary plus one symlink per applet.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("image");
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    root
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    state_dir: PathBuf,
+    image: PathBuf,
+    logs: PathBuf,
+    rt: LibcontainerRuntime,
+    pod_uid: String,
+    started: Vec<ContainerKey>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("kith-runtime-test")
+            .tempdir()
+            .unwrap();
+        let state_dir = tmp.path().join("state");
+        let image = busybox_rootfs(tmp.path());
+        let logs = tmp.path().join("logs");
+        let rt = LibcontainerRuntime::new(RuntimeConfig::new(
+            state_dir.clone(),
+            shim_binary(),
+            CGROUP_ROOT.into(),
+        ));
+        Env {
+            state_dir,
+            image,
+            logs,
+            rt,
+            pod_uid: unique("pod"),
+            started: Vec::new(),
+            _tmp: tmp,
+        }
+    }
+
+    fn key(&self, name: &str) -> ContainerKey {
+        ContainerKey {
+            pod_uid: self.pod_uid.clone(),
+            container: name.into(),
+            attempt: 0,
+        }
+    }
+
+    fn request(
+        &mut self,
+        name: &str,
+        command: &[&str],
+        resources: serde_json::Value,
+    ) -> StartRequest {
+        self.request_with(
+            name,
+            json!({"command": command, "resources": resources}),
+            BTreeMap::new(),
+        )
+    }
+
+    /// `extra` are Container fields; `volumes` maps pod volume names to host paths.
+    fn request_with(
+        &mut self,
+        name: &str,
+        extra: serde_json::Value,
+        volumes: BTreeMap<String, PathBuf>,
+    ) -> StartRequest {
+        let key = self.key(name);
+        self.started.push(key.clone());
+        let mut c = json!({"name": name, "image": "busybox"});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let container: Container = serde_json::from_value(c).unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": self.pod_uid},
+            "spec": {"containers": [container.clone()]},
+        }))
+        .unwrap();
+        let image = ImageDefaults {
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        };
+        let empty = BTreeMap::new();
+        let input = ContainerInput {
+            pod: &pod,
+            container: &container,
+            image: &image,
+            config_maps: &empty,
+            secrets: &empty,
+            node: NodeAllocatable::default(),
+            rootfs: PathBuf::from("rootfs"),
+            volumes: &volumes,
+            netns: None,
+            cgroups_path: format!("{CGROUP_ROOT}/{}/{name}", self.pod_uid),
+            hostname: "p".into(),
+            hosts_file: None,
+            resolv_conf: None,
+            pids_limit: Some(256),
+        };
+        StartRequest {
+            key: key.clone(),
+            spec: spec::build(&input).unwrap(),
+            image_rootfs: self.image.clone(),
+            log_path: self.logs.join(name).join("0.log"),
+        }
+    }
+
+    async fn state(&self, key: &ContainerKey) -> ContainerState {
+        let all = self.rt.list().await.unwrap();
+        all.into_iter()
+            .find(|s| &s.key == key)
+            .expect("container listed")
+            .state
+    }
+
+    async fn wait_exited(&self, key: &ContainerKey, limit: Duration) -> ContainerState {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.state(key).await;
+            if matches!(s, ContainerState::Exited { .. }) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key:?} still {s:?} after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(name).join("0.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    /// Removes every container the test started, even after a failed assertion.
+    fn drop(&mut self) {
+        let rt = self.rt.clone();
+        let keys = std::mem::take(&mut self.started);
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            for key in keys {
+                if let Err(e) = tokio.block_on(rt.remove(&key)) {
+                    eprintln!("cleanup of {key:?}: {e}");
+                }
+            }
+        })
+        .join()
+        .unwrap();
+        // The shared test root goes once no test uses it (rmdir fails while one does).
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(CGROUP_ROOT.trim_start_matches('/')));
+            }
+        }
+    }
+}
+
+/// Nothing of the container is left: process, mounts, cgroups, state dir.
+fn assert_gone(env: &Env, key: &ContainerKey, pid: Option<i32>) {
+    let dir = env.rt.container_dir(key);
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&key.dir_name()),
+        "a mount of {} is left",
+        key.dir_name()
+    );
+    if let Some(pid) = pid {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "container process {pid} still runs");
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap() {
+        let pod = hierarchy
+            .unwrap()
+            .path()
+            .join(CGROUP_ROOT.trim_start_matches('/'))
+            .join(&key.pod_uid);
+        assert!(!pod.exists(), "cgroup {} is left", pod.display());
+    }
+}
+
+fn exited(s: &ContainerState) -> (i32, Option<i32>, ExitReason) {
+    match s {
+        ContainerState::Exited {
+            exit_code,
+            signal,
+            reason,
+            ..
+        } => (*exit_code, *signal, *reason),
+        other => panic!("not exited: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn echo_writes_cri_log_and_completes() {
+    let mut env = Env::new();
+    let req = env.request(
+        "echo",
+        &["sh", "-c", "echo hello; echo oops >&2; printf partial"],
+        json!({}),
+    );
+    let key = req.key.clone();
+    let status = env.rt.start(req).await.unwrap();
+    assert!(
+        matches!(
+            status.state,
+            ContainerState::Running { .. } | ContainerState::Exited { .. }
+        ),
+        "{status:?}"
+    );
+    let s = env.wait_exited(&key, Duration::from_secs(20)).await;
+    assert_eq!(exited(&s), (0, None, ExitReason::Completed));
+    let log = env.log("echo");
+    let lines: Vec<&str> = log.lines().collect();
+    let tail: Vec<String> = lines
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect();
+    let mut sorted = tail.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["stderr F oops", "stdout F hello", "stdout F partial"],
+        "log:\n{log}"
+    );
+    for l in &lines {
+        let ts = l.split(' ').next().unwrap();
+        assert_eq!(
+            ts.len(),
+            "2026-11-21T10:00:00.123456789Z".len(),
+            "timestamp in {l:?}"
+        );
+        ts.parse::<jiff::Timestamp>().unwrap();
+    }
+    env.rt.remove(&key).await.unwrap();
+    assert_gone(&env, &key, None);
+    env.rt.remove(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn exit_code_is_recorded() {
+    let mut env = Env::new();
+    let req = env.request("three", &["sh", "-c", "exit 3"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let s = env.wait_exited(&key, Duration::from_secs(20)).await;
+    assert_eq!(exited(&s), (3, None, ExitReason::Error));
+}
+
+#[tokio::test]
+async fn missing_command_fails_clearly() {
+    let mut env = Env::new();
+    let req = env.request("nope", &["/bin/no-such-command"], json!({}));
+    let key = req.key.clone();
+    let started = Instant::now();
+    let err = env.rt.start(req).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    match &err {
+        RuntimeError::StartFailed { message, .. } => {
+            assert!(message.contains("no-such-command"), "message: {message}")
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    match env.state(&key).await {
+        ContainerState::Exited {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, ExitReason::StartError);
+            assert!(message.unwrap().contains("no-such-command"));
+        }
+        other => panic!("unexpected state {other:?}"),
+    }
+    env.rt.remove(&key).await.unwrap();
+    assert_gone(&env, &key, None);
+}
+
+#[tokio::test]
+async fn stop_lets_a_trap_handle_sigterm() {
+    let mut env = Env::new();
+    let script = "trap 'echo got TERM; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
+    let req = env.request("trap", &["sh", "-c", script], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    // The trap must be installed before the signal comes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !env.log("trap").contains("ready") {
+        assert!(Instant::now() < deadline, "container never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    env.rt.stop(&key, Duration::from_secs(20)).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stop waited for the whole grace period"
+    );
+    let s = env.wait_exited(&key, Duration::from_secs(5)).await;
+    assert_eq!(exited(&s), (7, None, ExitReason::Error));
+    assert!(env.log("trap").contains("stdout F got TERM"));
+}
+
+#[tokio::test]
+async fn stop_kills_after_grace() {
+    let mut env = Env::new();
+    // PID 1 of a namespace ignores SIGTERM without a handler, so only SIGKILL ends it.
+    let req = env.request("stubborn", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let t = Instant::now();
+    env.rt.stop(&key, Duration::from_millis(800)).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(800));
+    let s = env.wait_exited(&key, Duration::from_secs(5)).await;
+    assert_eq!(exited(&s), (137, Some(9), ExitReason::Error));
+}
+
+#[tokio::test]
+async fn memory_limit_exceeded_is_oom_killed() {
+    let mut env = Env::new();
+    let req = env.request(
+        "hog",
+        &["sh", "-c", "x=$(tr '\\0' a < /dev/zero)"],
+        json!({"limits": {"memory": "32Mi"}}),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let s = env.wait_exited(&key, Duration::from_secs(60)).await;
+    let (_, _, reason) = exited(&s);
+    assert_eq!(reason, ExitReason::OomKilled, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_new_runtime_readopts_running_containers() {
+    let mut env = Env::new();
+    let req = env.request("long", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    let pid = match env.rt.start(req).await.unwrap().state {
+        ContainerState::Running { pid, .. } => pid,
+        other => panic!("not running: {other:?}"),
+    };
+    // A new agent process: nothing shared but the state directory.
+    env.rt = LibcontainerRuntime::new(RuntimeConfig::new(
+        env.state_dir.clone(),
+        shim_binary(),
+        CGROUP_ROOT.into(),
+    ));
+    match env.state(&key).await {
+        ContainerState::Running { pid: again, .. } => assert_eq!(again, pid),
+        other => panic!("not re-adopted: {other:?}"),
+    }
+    let cgroup_procs = format!(
+        "/sys/fs/cgroup/pids{CGROUP_ROOT}/{}/long/cgroup.procs",
+        key.pod_uid
+    );
+    assert!(std::fs::read_to_string(&cgroup_procs)
+        .unwrap()
+        .contains(&pid.to_string()));
+    env.rt.remove(&key).await.unwrap();
+    assert_gone(&env, &key, Some(pid));
+    assert!(env.rt.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
+    use kith_agent::runtime::ExecRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    let req = env.request("target", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+
+    let script = "echo out; echo err >&2; cat; hostname; exit 5";
+    let command = vec!["sh".to_string(), "-c".into(), script.into()];
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command,
+                tty: false,
+                stdin: true,
+            },
+        )
+        .await
+        .unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"piped input\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(s.exit_code.await.unwrap(), 5);
+    // The hostname proves the process runs in the container's UTS namespace.
+    assert_eq!(out, "out\npiped input\np\n");
+    assert_eq!(err, "err\n");
+
+    let command = vec!["/bin/no-such-command".to_string()];
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command,
+                tty: false,
+                stdin: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut err = String::new();
+    s.stderr.read_to_string(&mut err).await.unwrap();
+    assert_eq!(
+        s.exit_code.await.unwrap(),
+        kith_agent::runtime::shim::EXEC_START_FAILED
+    );
+    assert!(err.contains("no-such-command"), "stderr: {err}");
+}
+
+#[tokio::test]
+async fn spec_rules_hold_inside_a_real_container() {
+    let mut env = Env::new();
+    let vol = env._tmp.path().join("vol");
+    std::fs::create_dir_all(vol.join("sub")).unwrap();
+    std::fs::write(vol.join("sub/file"), "from the host\n").unwrap();
+    // uid 1000 writes to the volume root; no fsGroup ownership change happens here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = "set -e; id -u; id -g; echo $GREETING; cat /data/file; \
+                  if touch /data/new 2>/dev/null; then echo data-writable; fi; \
+                  if touch /rootfile 2>/dev/null; then echo root-writable; fi; \
+                  touch /rw/ok; grep CapBnd /proc/self/status; pwd";
+    let req = env.request_with(
+        "rules",
+        json!({
+            "command": ["sh", "-c", script],
+            "workingDir": "/rw",
+            "env": [{"name": "GREETING", "value": "hi $(WHO)"}, {"name": "WHO", "value": "late"}],
+            "securityContext": {
+                "runAsUser": 1000, "runAsGroup": 2000, "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+            },
+            "volumeMounts": [
+                {"name": "v", "mountPath": "/data", "subPath": "sub", "readOnly": true},
+                {"name": "v", "mountPath": "/rw"},
+            ],
+        }),
+        [("v".to_string(), vol.clone())].into(),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let s = env.wait_exited(&key, Duration::from_secs(20)).await;
+    let log = env.log("rules");
+    let out: Vec<&str> = log
+        .lines()
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap())
+        .collect();
+    assert_eq!(exited(&s), (0, None, ExitReason::Completed), "log:\n{log}");
+    // CAP_NET_BIND_SERVICE is bit 10.
+    assert_eq!(
+        out,
+        [
+            "1000",
+            "2000",
+            "hi $(WHO)",
+            "from the host",
+            "CapBnd:\t0000000000000400",
+            "/rw"
+        ],
+        "log:\n{log}"
+    );
+    assert!(
+        vol.join("ok").exists(),
+        "the writable volume is the host directory"
+    );
+}
