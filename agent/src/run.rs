@@ -19,7 +19,9 @@ use kube::{Api, Client};
 use crate::image::RegistryImageStore;
 use crate::network::{BridgeConfig, BridgeNetwork, Ipv4Net};
 use crate::node::{self, NodeConfig};
-use crate::runtime::{LibcontainerRuntime, RuntimeConfig};
+use crate::network::PodNetwork;
+use crate::runtime::{ContainerRuntime, LibcontainerRuntime, RuntimeConfig};
+use crate::server::LocalNode;
 use crate::spec::NodeAllocatable;
 use crate::sync::{Agent, SyncConfig};
 
@@ -51,6 +53,23 @@ pub struct AgentOptions {
     pub shim_binary: PathBuf,
     /// The address other boxes reach this one at.
     pub node_ip: Option<IpAddr>,
+    /// The pod bridge, also the name of kith's nftables table (`kith0` by default).
+    pub bridge: String,
+}
+
+impl AgentOptions {
+    fn runtime(&self) -> LibcontainerRuntime {
+        LibcontainerRuntime::new(RuntimeConfig::new(
+            self.data_dir.join("runtime"),
+            self.shim_binary.clone(),
+            CGROUP_ROOT.into(),
+        ))
+    }
+
+    /// How the API server reaches this agent when both run in one process.
+    pub fn local_node(&self) -> LocalNode<LibcontainerRuntime> {
+        LocalNode::new(self.data_dir.clone(), Arc::new(self.runtime()))
+    }
 }
 
 /// Run the agent until `shutdown` resolves. Containers keep running afterwards: a new
@@ -82,16 +101,15 @@ pub async fn run(
     };
 
     let pod_cidr = wait_for_pod_cidr(&client, &opts.node_name).await?;
-    let network = BridgeNetwork::new(BridgeConfig::new(opts.data_dir.clone(), pod_cidr))?;
+    let mut bridge = BridgeConfig::new(opts.data_dir.clone(), pod_cidr);
+    bridge.bridge = opts.bridge.clone();
+    bridge.nft_table = opts.bridge.clone();
+    let network = BridgeNetwork::new(bridge)?;
     let images = RegistryImageStore::open(
         &opts.data_dir.join("images"),
         opts.insecure_registries.clone(),
     )?;
-    let runtime = LibcontainerRuntime::new(RuntimeConfig::new(
-        opts.data_dir.join("runtime"),
-        opts.shim_binary.clone(),
-        CGROUP_ROOT.into(),
-    ));
+    let runtime = opts.runtime();
     let agent = Agent::new(
         client,
         SyncConfig {
@@ -140,4 +158,41 @@ fn allocatable_of(node: &Node) -> NodeAllocatable {
         memory_bytes: get("memory", crate::spec::quantity_bytes),
         ephemeral_storage_bytes: get("ephemeral-storage", crate::spec::quantity_bytes),
     }
+}
+
+/// Remove everything the agent made on this box: every container (process, mounts,
+/// cgroups, state), every pod network, the bridge and kith's nftables table. For tearing
+/// a box down (and for tests); a running agent must be stopped first.
+pub async fn clean_up(opts: &AgentOptions) {
+    let runtime = opts.runtime();
+    if let Ok(all) = runtime.list().await {
+        for c in all {
+            if let Err(e) = runtime.remove(&c.key).await {
+                tracing::warn!(container = %c.key.dir_name(), error = %e, "removing");
+            }
+        }
+    }
+    // The podCIDR only matters for handing out addresses; any valid range will do here.
+    if let Ok(cidr) = "10.244.0.0/24".parse::<Ipv4Net>() {
+        let mut cfg = BridgeConfig::new(opts.data_dir.clone(), cidr);
+        cfg.bridge = opts.bridge.clone();
+        cfg.nft_table = opts.bridge.clone();
+        if let Ok(network) = BridgeNetwork::new(cfg) {
+            if let Ok(all) = network.list().await {
+                for n in all {
+                    if let Err(e) = network.teardown(&n.pod_uid).await {
+                        tracing::warn!(pod = %n.pod_uid, error = %e, "tearing down");
+                    }
+                }
+            }
+        }
+    }
+    let _ = tokio::process::Command::new("ip")
+        .args(["link", "del", &opts.bridge])
+        .output()
+        .await;
+    let _ = tokio::process::Command::new("nft")
+        .args(["delete", "table", "ip", &opts.bridge])
+        .output()
+        .await;
 }

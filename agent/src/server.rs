@@ -32,6 +32,18 @@ impl<R: ContainerRuntime + 'static> LocalNode<R> {
         LocalNode { root, runtime }
     }
 
+    /// Whether `attempt` of the target container is running now.
+    async fn running(&self, t: &LogTarget, attempt: u32) -> bool {
+        self.runtime.list().await.is_ok_and(|all| {
+            all.iter().any(|s| {
+                s.key.pod_uid == t.uid
+                    && s.key.container == t.container
+                    && s.key.attempt == attempt
+                    && matches!(s.state, ContainerState::Running { .. })
+            })
+        })
+    }
+
     fn container_dir(&self, t: &LogTarget) -> PathBuf {
         self.root
             .join("logs")
@@ -77,8 +89,15 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
         Box::pin(async move {
             let dir = self.container_dir(&target);
             let all = attempts(&dir);
+            // As the kubelet: `--previous` is the last terminated attempt — the newest one
+            // when it is not running (crash back-off), else the one before.
             let chosen = if q.previous {
-                all.len().checked_sub(2).map(|i| all[i])
+                let newest_running = match all.last() {
+                    Some(&n) => self.running(&target, n).await,
+                    None => false,
+                };
+                let back = if newest_running { 2 } else { 1 };
+                all.len().checked_sub(back).map(|i| all[i])
             } else {
                 all.last().copied()
             };
@@ -106,21 +125,14 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
                 return Ok(Box::pin(once) as ByteStream);
             }
             // Follow until this attempt is no longer running.
-            let runtime = self.runtime.clone();
-            let uid = target.uid.clone();
-            let container = target.container.clone();
+            let me = LocalNode {
+                root: self.root.clone(),
+                runtime: self.runtime.clone(),
+            };
             let done = async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    let running = runtime.list().await.map(|all| {
-                        all.iter().any(|s| {
-                            s.key.pod_uid == uid
-                                && s.key.container == container
-                                && s.key.attempt == attempt
-                                && matches!(s.state, ContainerState::Running { .. })
-                        })
-                    });
-                    if !matches!(running, Ok(true)) {
+                    if !me.running(&target, attempt).await {
                         return;
                     }
                 }

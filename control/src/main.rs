@@ -33,6 +33,21 @@ enum Command {
         /// How many recent events a watch can resume from (older → 410 Expired).
         #[arg(long, default_value_t = kith_api::store::state::DEFAULT_HISTORY)]
         watch_history: usize,
+        /// Run only the control plane: no agent, no containers on this box.
+        #[arg(long)]
+        no_agent: bool,
+        /// The Node this box registers as (default: the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// A registry reached over plain HTTP (loopback registries always are); repeatable.
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+        insecure_registries: Vec<String>,
+        /// The range nodes' podCIDRs (one /24 each) are taken from.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+        /// The pod bridge and nftables table of this box's agent.
+        #[arg(long, default_value = "kith0", hide = true)]
+        pod_bridge: String,
     },
     /// Internal: the per-container shim the agent starts (`kith shim run <dir>`).
     #[command(hide = true)]
@@ -86,7 +101,41 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             watch_history,
+            no_agent,
+            node_name,
+            insecure_registries,
+            cluster_cidr,
+            pod_bridge,
         } => {
+            let cluster_cidr = cluster_cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr {cluster_cidr}: {e}"))?;
+            let agent = if no_agent {
+                None
+            } else {
+                let node_name = match node_name {
+                    Some(n) => n,
+                    None => nix::unistd::gethostname()
+                        .context("reading the hostname for the node name")?
+                        .to_string_lossy()
+                        .to_lowercase(),
+                };
+                Some(kith_agent::run::AgentOptions {
+                    node_name,
+                    data_dir: data_dir.join("agent"),
+                    insecure_registries,
+                    shim_binary: std::env::current_exe().context("locating the kith binary")?,
+                    node_ip: None,
+                    bridge: pod_bridge,
+                })
+            };
+            if agent.is_some() {
+                // Refuse before anything is created, with the reason, not a backtrace.
+                if let Err(e) = up::preflight(&up::HostFacts::read()) {
+                    eprintln!("kith up: {e}");
+                    std::process::exit(1);
+                }
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -95,6 +144,8 @@ fn main() -> anyhow::Result<()> {
                     data_dir,
                     listen,
                     watch_history,
+                    agent,
+                    cluster_cidr,
                 };
                 up::run(
                     cfg,

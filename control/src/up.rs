@@ -35,6 +35,67 @@ pub struct UpConfig {
     pub listen: SocketAddr,
     /// Watch history window (events a watch can resume from).
     pub watch_history: usize,
+    /// The agent of this box; `None` runs the control plane alone.
+    pub agent: Option<kith_agent::run::AgentOptions>,
+    /// Where nodes' podCIDRs come from.
+    pub cluster_cidr: controllers::nodeipam::Cidr,
+}
+
+/// What the agent needs from the host, read once before starting.
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    pub euid: u32,
+    /// /proc/self/mounts
+    pub mounts: String,
+    /// /proc/filesystems
+    pub filesystems: String,
+}
+
+impl HostFacts {
+    pub fn read() -> HostFacts {
+        HostFacts {
+            euid: nix::unistd::geteuid().as_raw(),
+            mounts: std::fs::read_to_string("/proc/self/mounts").unwrap_or_default(),
+            filesystems: std::fs::read_to_string("/proc/filesystems").unwrap_or_default(),
+        }
+    }
+}
+
+/// Why this box cannot run containers, in words a user can act on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PreflightError {
+    #[error(
+        "must run as root to run containers (try sudo, or --no-agent for the control plane alone)"
+    )]
+    NotRoot,
+    #[error("no cgroup filesystem is mounted (mount cgroup2 on /sys/fs/cgroup)")]
+    NoCgroups,
+    #[error("the kernel has no overlay filesystem (try: modprobe overlay)")]
+    NoOverlay,
+}
+
+/// Whether the host can run the agent (pure: decided from [`HostFacts`]).
+pub fn preflight(facts: &HostFacts) -> Result<(), PreflightError> {
+    if facts.euid != 0 {
+        return Err(PreflightError::NotRoot);
+    }
+    let cgroups = facts.mounts.lines().any(|l| {
+        matches!(
+            l.split_whitespace().nth(2),
+            Some("cgroup") | Some("cgroup2")
+        )
+    });
+    if !cgroups {
+        return Err(PreflightError::NoCgroups);
+    }
+    let overlay = facts
+        .filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"));
+    if !overlay {
+        return Err(PreflightError::NoOverlay);
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,10 +173,24 @@ pub async fn run(
     let client = crate::client::in_process(service.clone(), system_user());
     let tls = pki.server_config()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, tls, service, async {
+    let server = tokio::spawn(serve(listener, tls, service.clone(), async {
         let _ = stop_rx.await;
     }));
-    let mut controllers = controllers::spawn_all(client, api.clone());
+    let mut controllers = controllers::spawn_all(client, api.clone(), cfg.cluster_cidr);
+    if let Some(agent) = cfg.agent.clone() {
+        service.set_node_connector(Arc::new(agent.local_node()));
+        let node_user = User::new(
+            format!("system:node:{}", agent.node_name),
+            ["system:nodes", MASTERS_GROUP],
+        );
+        let client = crate::client::in_process(service.clone(), node_user);
+        controllers.spawn(async move {
+            // Runs until the controllers are aborted at shutdown; containers keep running.
+            if let Err(e) = kith_agent::run::run(client, agent, std::future::pending()).await {
+                tracing::error!(error = %e, "the agent stopped");
+            }
+        });
+    }
     let kubeconfig = dir.join("kubeconfig");
     let url = client_url(cfg.listen);
     pki.write_kubeconfig(&kubeconfig, &url)?;
@@ -155,4 +230,39 @@ async fn ensure_namespace(api: &Arc<Api<Arc<RaftStore>>>, name: &str) -> Result<
 /// The identity in-process components act as.
 pub fn system_user() -> User {
     User::new("system:kith-controller", [MASTERS_GROUP])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_table() {
+        let mounts = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        let fs = "nodev\ttmpfs\nnodev\toverlay\n";
+        let facts = |euid, mounts: &str, fs: &str| HostFacts {
+            euid,
+            mounts: mounts.into(),
+            filesystems: fs.into(),
+        };
+        let cases = [
+            (facts(0, mounts, fs), Ok(())),
+            (facts(1000, mounts, fs), Err(PreflightError::NotRoot)),
+            (
+                facts(0, "proc /proc proc rw 0 0\n", fs),
+                Err(PreflightError::NoCgroups),
+            ),
+            (
+                facts(0, "cgroup /sys/fs/cgroup/memory cgroup rw 0 0\n", fs),
+                Ok(()),
+            ),
+            (
+                facts(0, mounts, "nodev\ttmpfs\n"),
+                Err(PreflightError::NoOverlay),
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(preflight(&f), want, "{f:?}");
+        }
+    }
 }

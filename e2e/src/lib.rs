@@ -122,6 +122,43 @@ impl Kubectl {
 pub struct Options {
     /// `--watch-history N`: how many writes a watch can resume from.
     pub watch_history: Option<u64>,
+    /// Run the agent (real containers). Off by default: most tests play the node
+    /// themselves by writing pod status, and concurrent clusters must not share a bridge.
+    pub agent: Option<AgentOptions>,
+}
+
+/// The agent of a test cluster: names unique to the test so clusters run side by side.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub node_name: String,
+    /// A /16 no other test uses, e.g. `10.201.0.0/16`.
+    pub cluster_cidr: String,
+    /// Bridge and nftables table name, at most 15 characters.
+    pub bridge: String,
+}
+
+impl AgentOptions {
+    /// Unique names for one test, derived from `tag` (≤ 8 chars) and a random /16.
+    pub fn unique(tag: &str) -> AgentOptions {
+        let n: u8 = 100 + (rand_u32() % 150) as u8;
+        AgentOptions {
+            node_name: format!("node-{tag}"),
+            cluster_cidr: format!("10.{n}.0.0/16"),
+            bridge: format!("kt{}", &format!("{tag}{:05}", rand_u32() % 100_000)[..]),
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish() as u32
 }
 
 /// One `kith up` process with its own data directory and loopback port.
@@ -217,6 +254,19 @@ impl Cluster {
             .arg(format!("127.0.0.1:{}", self.port));
         if let Some(n) = self.options.watch_history {
             cmd.arg("--watch-history").arg(n.to_string());
+        }
+        match &self.options.agent {
+            None => {
+                cmd.arg("--no-agent");
+            }
+            Some(a) => {
+                cmd.arg("--node-name")
+                    .arg(&a.node_name)
+                    .arg("--cluster-cidr")
+                    .arg(&a.cluster_cidr)
+                    .arg("--pod-bridge")
+                    .arg(&a.bridge);
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -470,6 +520,32 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
+        }
+        if let Some(a) = &self.options.agent {
+            // Containers outlive kith by design: remove them, their networks, the bridge.
+            if let Some(mut child) = self.child.take() {
+                if let Some(pid) = child.id() {
+                    let _ = signal(pid, rustix::process::Signal::KILL);
+                }
+                let _ = child.try_wait();
+            }
+            let opts = kith_agent::run::AgentOptions {
+                node_name: a.node_name.clone(),
+                data_dir: self.data_dir().join("agent"),
+                insecure_registries: Vec::new(),
+                shim_binary: kith_bin(),
+                node_ip: None,
+                bridge: a.bridge.clone(),
+            };
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                if let Ok(rt) = rt {
+                    rt.block_on(kith_agent::run::clean_up(&opts));
+                }
+            })
+            .join();
         }
         if std::thread::panicking() {
             eprintln!(

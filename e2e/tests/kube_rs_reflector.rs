@@ -50,6 +50,7 @@ async fn listed(api: &Api<ConfigMap>) -> Result<BTreeMap<String, String>> {
 async fn reflector_relists_after_410_and_matches_a_fresh_list() {
     let cluster = Cluster::up_with(Options {
         watch_history: Some(20),
+        ..Default::default()
     })
     .await
     .unwrap_or_else(|e| panic!("kith did not start: {e:#}"));

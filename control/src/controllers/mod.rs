@@ -39,7 +39,11 @@ pub(crate) fn status_merge_patch<T: serde::Serialize>(
 }
 
 /// Start every controller (and the scheduler); they run until the set is dropped.
-pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> JoinSet<()> {
+pub fn spawn_all<S: ObjectStore>(
+    client: kube::Client,
+    api: Arc<Api<S>>,
+    cluster_cidr: nodeipam::Cidr,
+) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(namespace::run(api));
     set.spawn(replicaset::run(client.clone()));
@@ -52,7 +56,7 @@ pub fn spawn_all<S: ObjectStore>(client: kube::Client, api: Arc<Api<S>>) -> Join
     set.spawn(endpoints::run(client.clone()));
     set.spawn(statefulset::run(client.clone()));
     set.spawn(node_lifecycle::run(client.clone()));
-    set.spawn(nodeipam::run(client.clone(), nodeipam::Cidr::default()));
+    set.spawn(nodeipam::run(client.clone(), cluster_cidr));
     set.spawn(crate::scheduler::run(client.clone()));
     set
 }

@@ -1,0 +1,270 @@
+//! The whole pod path on one box, with real parts: `kith up` with its agent, a real OCI
+//! registry (Debian's docker-registry) holding a busybox image, real kubectl.
+//!
+//! apply a pod → Running with a pod IP → `kubectl logs` → a crashing pod restarts with a
+//! growing back-off → a missing image → ImagePullBackOff → delete → nothing left on the box.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kith_agent::image::testing::{ImageOptions, TestRegistry};
+use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
+
+const K: Kubectl = Kubectl::V1_33;
+
+async fn wait_for(
+    cluster: &Cluster,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut(&str) -> bool,
+    args: &[&str],
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let out = cluster.kubectl(K, args).await?;
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && check(&last) {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    bail!(
+        "timed out waiting for {what}; last output:\n{last}\nkith log:\n{}",
+        cluster.log()
+    )
+}
+
+/// Processes whose command line mentions `needle` (the pod's uid appears in shims').
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) {
+            out.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_log_restart_and_clean_up() -> Result<()> {
+    let registry = TestRegistry::start().context("start registry")?;
+    registry
+        .push_busybox("busybox", "1", ImageOptions::default())
+        .await
+        .context("push busybox")?;
+    let image = registry.image("busybox", "1");
+    let agent = AgentOptions::unique("pods");
+    let cluster = Cluster::up_with(Options {
+        agent: Some(agent.clone()),
+        ..Default::default()
+    })
+    .await?;
+    let ns = cluster.namespace("agent-e2e").await?;
+
+    // A pod that prints and then serves forever.
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hello
+spec:
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "echo hello from kith; echo second line; mkdir /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    readinessProbe:
+      httpGet:
+        port: 8080
+        path: /index.html
+      periodSeconds: 1
+"#
+    );
+    cluster.apply_yaml(K, Some(&ns), &pod).await?;
+    let phase = wait_for(
+        &cluster,
+        "pod hello Running and Ready",
+        Duration::from_secs(60),
+        |s| s.trim() == "Running True",
+        &[
+            "get",
+            "pod",
+            "hello",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+    )
+    .await?;
+    assert_eq!(phase.trim(), "Running True");
+    let ip = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "pod",
+                "hello",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.podIP}",
+            ],
+        )
+        .await?;
+    let cidr_prefix = agent
+        .cluster_cidr
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    assert!(
+        ip.starts_with(&cidr_prefix),
+        "pod IP {ip} not in {}",
+        agent.cluster_cidr
+    );
+
+    let logs = cluster.kubectl_ok(K, &["logs", "hello", "-n", &ns]).await?;
+    assert_eq!(logs, "hello from kith\nsecond line\n");
+    let tail = cluster
+        .kubectl_ok(K, &["logs", "hello", "-n", &ns, "--tail=1"])
+        .await?;
+    assert_eq!(tail, "second line\n");
+    let stamped = cluster
+        .kubectl_ok(K, &["logs", "hello", "-n", &ns, "--timestamps"])
+        .await?;
+    assert!(
+        stamped.lines().all(|l| l.len() > 30 && l.contains("Z ")),
+        "{stamped}"
+    );
+
+    let describe = cluster
+        .kubectl_ok(K, &["describe", "pod", "hello", "-n", &ns])
+        .await?;
+    for reason in ["Scheduled", "Pulling", "Pulled", "Created", "Started"] {
+        assert!(
+            describe.contains(reason),
+            "no {reason} event in:\n{describe}"
+        );
+    }
+
+    // A container that exits 1 is restarted, with CrashLoopBackOff in between.
+    let crash = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: crash
+spec:
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "echo crashing; exit 1"]
+"#
+    );
+    cluster.apply_yaml(K, Some(&ns), &crash).await?;
+    wait_for(
+        &cluster,
+        "pod crash restarted and backing off",
+        Duration::from_secs(60),
+        |s| {
+            let mut parts = s.split_whitespace();
+            let restarts: u32 = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+            restarts >= 1 && parts.next() == Some("CrashLoopBackOff")
+        },
+        &[
+            "get", "pod", "crash", "-n", &ns, "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.waiting.reason}",
+        ],
+    )
+    .await?;
+    let previous = cluster
+        .kubectl_ok(K, &["logs", "crash", "-n", &ns, "--previous"])
+        .await?;
+    assert_eq!(previous, "crashing\n");
+
+    // An image that does not exist.
+    let missing = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: missing
+spec:
+  containers:
+  - name: main
+    image: {}
+"#,
+        registry.image("busybox", "no-such-tag")
+    );
+    cluster.apply_yaml(K, Some(&ns), &missing).await?;
+    wait_for(
+        &cluster,
+        "pod missing in ErrImagePull/ImagePullBackOff",
+        Duration::from_secs(60),
+        |s| s.contains("ImagePullBackOff") || s.contains("ErrImagePull"),
+        &[
+            "get",
+            "pod",
+            "missing",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+        ],
+    )
+    .await?;
+    let describe = cluster
+        .kubectl_ok(K, &["describe", "pod", "missing", "-n", &ns])
+        .await?;
+    assert!(describe.contains("manifest unknown"), "{describe}");
+
+    // Delete everything: the API objects go, and nothing is left on the box.
+    let uid = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "pod",
+                "hello",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+        )
+        .await?;
+    cluster
+        .kubectl_ok(
+            K,
+            &[
+                "delete",
+                "pod",
+                "--all",
+                "-n",
+                &ns,
+                "--wait=true",
+                "--timeout=60s",
+            ],
+        )
+        .await?;
+    let left = cluster
+        .kubectl_ok(K, &["get", "pods", "-n", &ns, "-o", "name"])
+        .await?;
+    assert_eq!(left.trim(), "", "pods left: {left}");
+    let procs = processes_mentioning(&uid);
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    assert!(!mounts.contains(&uid), "mounts left:\n{mounts}");
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.contains(&kith_agent::network::plan::names(&uid).netns),
+        "{netns}"
+    );
+    let agent_dir = cluster.data_dir().join("agent");
+    assert!(!agent_dir.join("pods").join(&uid).exists(), "pod dir left");
+    Ok(())
+}
