@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod error;
 pub mod handler;
 pub mod kinds;
+pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
