@@ -449,6 +449,89 @@ mod tests {
         assert_eq!(to_text_format(om), want);
     }
 
+    async fn get_metrics(
+        svc: &crate::server::ApiService<crate::store::memory::MemoryStore>,
+        token: Option<&str>,
+        accept: Option<&str>,
+    ) -> (u16, String, String) {
+        use http_body_util::BodyExt;
+        let mut req = http::Request::get("/metrics");
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(a) = accept {
+            req = req.header(http::header::ACCEPT, a);
+        }
+        let req = req
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        let resp = svc.handle(req, &crate::server::Peer::default()).await;
+        let code = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (code, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_needs_a_reader_and_negotiates_the_format() {
+        use crate::auth::{Authenticator, User, MASTERS_GROUP, METRICS_GROUP};
+        let auth = Authenticator::new([
+            (
+                "reader-token".to_string(),
+                User::new("kith-metrics", [METRICS_GROUP]),
+            ),
+            (
+                "admin-token".to_string(),
+                User::new("admin", [MASTERS_GROUP]),
+            ),
+            ("other-token".to_string(), User::new("alice", ["devs"])),
+        ]);
+        let api = Arc::new(crate::handler::Api::new(
+            crate::store::memory::MemoryStore::default(),
+        ));
+        let svc = crate::server::ApiService::new(api, auth);
+        let cases = [
+            (None, None, 401, ""),
+            (Some("wrong"), None, 401, ""),
+            (Some("other-token"), None, 403, ""),
+            (Some("reader-token"), None, 200, TEXT_CONTENT_TYPE),
+            (Some("admin-token"), Some("*/*"), 200, TEXT_CONTENT_TYPE),
+            (
+                Some("reader-token"),
+                Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+                200,
+                OPENMETRICS_CONTENT_TYPE,
+            ),
+        ];
+        for (token, accept, want_code, want_ct) in cases {
+            let (code, ct, body) = get_metrics(&svc, token, accept).await;
+            assert_eq!(code, want_code, "{token:?} {accept:?}: {body}");
+            if code == 200 {
+                assert_eq!(ct, want_ct);
+                assert!(
+                    body.contains("# TYPE apiserver_request_total counter")
+                        || body.contains("# TYPE apiserver_request counter"),
+                    "{body}"
+                );
+            }
+        }
+        // Every request above was counted, refused ones included, under the non-resource
+        // labels.
+        let (_, _, text) = get_metrics(&svc, Some("reader-token"), None).await;
+        for want in [
+            "apiserver_request_total{verb=\"GET\",resource=\"\",subresource=\"\",code=\"401\"} 2",
+            "apiserver_request_total{verb=\"GET\",resource=\"\",subresource=\"\",code=\"403\"} 1",
+            "apiserver_request_total{verb=\"GET\",resource=\"\",subresource=\"\",code=\"200\"} 3",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+
     #[test]
     fn requests_are_counted_and_guards_release() {
         let m = Metrics::new();

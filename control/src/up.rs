@@ -316,3 +316,71 @@ async fn keep_kubernetes_service<S: ObjectStore>(
 pub fn system_user() -> User {
     User::new("system:kith-controller", [MASTERS_GROUP])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_ip_table() {
+        let cases: [(IpAddr, IpAddr); 4] = [
+            (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into()),
+            (Ipv6Addr::UNSPECIFIED.into(), Ipv6Addr::LOCALHOST.into()),
+            (
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+            ),
+            (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()),
+        ];
+        for (listen, want) in cases {
+            assert_eq!(advertise_ip(listen), want, "{listen}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_points_at_the_api_server() {
+        let objs = kubernetes_service_objects(
+            Ipv4Addr::new(192, 0, 2, 7).into(),
+            6443,
+            Ipv4Addr::new(10, 43, 0, 1),
+        );
+        let by = |plural: &str| {
+            objs.iter()
+                .find(|(_, p, _)| *p == plural)
+                .map(|(_, _, o)| o.clone())
+                .unwrap_or_else(|| panic!("no {plural}"))
+        };
+        let svc = by("services");
+        assert_eq!(svc["metadata"]["namespace"], "default");
+        assert_eq!(svc["metadata"]["name"], "kubernetes");
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443})
+        );
+        assert!(svc["spec"].get("selector").is_none(), "endpoints are ours");
+        let ep = by("endpoints");
+        assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "192.0.2.7");
+        assert_eq!(ep["subsets"][0]["ports"][0]["name"], "https");
+        assert_eq!(ep["subsets"][0]["ports"][0]["port"], 6443);
+        let slice = by("endpointslices");
+        assert_eq!(slice["addressType"], "IPv4");
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "kubernetes"
+        );
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "192.0.2.7");
+        let v6 = kubernetes_service_objects(
+            Ipv6Addr::LOCALHOST.into(),
+            6443,
+            Ipv4Addr::new(10, 43, 0, 1),
+        );
+        assert_eq!(v6[2].2["addressType"], "IPv6");
+        for (group, plural, _) in &objs {
+            assert!(
+                kinds::by_resource(group, "v1", plural).is_some(),
+                "{group}/{plural} is not served"
+            );
+        }
+    }
+}
