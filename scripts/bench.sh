@@ -35,5 +35,6 @@ cargo build --release --bin kith --bin kith-bench
 target=${CARGO_TARGET_DIR:-$root/target}
 export KITH_BIN=${KITH_BIN:-$target/release/kith}
 cargo build --release --bin kith-sched-bench && "$target/release/kith-sched-bench"  # scheduler place+assume figure, no server
+cargo build --release --bin kith-metrics-bench && "$target/release/kith-metrics-bench"  # one /metrics scrape of a box with 1,000 objects
 
 exec "$target/release/kith-bench" "$@"

@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod handler;
 pub mod kinds;
+pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;

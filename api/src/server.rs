@@ -5,12 +5,18 @@
 //!  TCP ─▶ rustls (client cert optional) ─▶ hyper (h2 | http/1.1) ─▶ ApiService::handle
 //!          │                                                        ├─ /version /livez /readyz /healthz   (no auth)
 //!          └─ peer cert ─▶ Authenticator ─▶ authorize ──────────────┼─ /api /apis /openapi/v3            (discovery)
+//!                                                                   ├─ /metrics                           (metrics::Metrics)
 //!                                                                   └─ resources ─▶ handler::Api ─▶ ObjectStore
 //! ```
+//!
+//! Every request is counted and timed in [`crate::metrics`] under the verb and resource
+//! kube-apiserver would report.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +32,7 @@ use tokio_stream::StreamExt;
 use crate::auth::{authorize, Authenticator, User};
 use crate::error::{ApiError, MAX_BODY_BYTES};
 use crate::handler::{body_type_for, decode_body, Api, DeleteOptions, Reply};
+use crate::metrics::{request_verb, wants_watch, Metrics, RequestInfo, WatcherGuard};
 use crate::request::{parse_query, route, ResourceRoute, Route};
 use crate::store::ObjectStore;
 use crate::watch::{self, Render};
@@ -50,15 +57,23 @@ pub struct Peer {
 pub struct ApiService<S> {
     api: Arc<Api<S>>,
     auth: Authenticator,
+    metrics: Arc<Metrics>,
     /// How `pods/log` reaches the agents; set once they exist.
     nodes: std::sync::OnceLock<Arc<dyn crate::nodes::NodeConnector>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
+    /// A service whose `/metrics` shows only the API's own request metrics.
     pub fn new(api: Arc<Api<S>>, auth: Authenticator) -> Arc<Self> {
+        Self::with_metrics(api, auth, Arc::new(Metrics::new()))
+    }
+
+    /// A service that records into, and serves at `/metrics`, this registry.
+    pub fn with_metrics(api: Arc<Api<S>>, auth: Authenticator, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(ApiService {
             api,
             auth,
+            metrics,
             nodes: std::sync::OnceLock::new(),
         })
     }
@@ -118,6 +133,10 @@ impl<S: ObjectStore> ApiService<S> {
         &self.api
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Handle one request end to end; never fails (errors become `Status` replies).
     pub async fn handle<B>(&self, req: Request<B>, peer: &Peer) -> Response<Body>
     where
@@ -126,12 +145,29 @@ impl<S: ObjectStore> ApiService<S> {
     {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let info = request_info(&req);
+        let api_metrics = self.metrics.api();
+        let inflight = api_metrics.inflight(info.verb);
         let started = std::time::Instant::now();
-        let resp = match self.route_request(req, peer).await {
+        let mut resp = match self.route_request(req, peer).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
-        tracing::debug!(%method, %path, code = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        drop(inflight);
+        let code = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        api_metrics.observe(&info, code, elapsed.as_secs_f64());
+        if info.verb == "WATCH" && resp.status().is_success() {
+            // Counted as long as the client holds the stream open.
+            let guard = api_metrics.watcher(&info.resource);
+            resp = resp.map(|body| {
+                BodyExt::boxed(Watched {
+                    inner: body,
+                    _guard: guard,
+                })
+            });
+        }
+        tracing::debug!(%method, %path, code, elapsed_ms = elapsed.as_millis() as u64, "request");
         resp
     }
 
@@ -165,12 +201,19 @@ impl<S: ObjectStore> ApiService<S> {
             }
         };
         authorize(&user, &req.method().as_str().to_ascii_lowercase(), &path)?;
-        let r = r?;
         let accept = req
             .headers()
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if path == "/metrics" && req.method() == Method::GET {
+            let (text, content_type) = self.metrics.render(accept.as_deref());
+            let mut r = Response::new(full(text));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            return Ok(r);
+        }
+        let r = r?;
         match r {
             Route::Health | Route::Version => Err(ApiError::NoRoute),
             Route::Discovery { core } => {
@@ -369,6 +412,60 @@ impl<S: ObjectStore> ApiService<S> {
         };
         let code = StatusCode::from_u16(reply.code).unwrap_or(StatusCode::OK);
         Ok(json_response(code, &reply.body, &reply.warnings))
+    }
+}
+
+/// The labels a request is counted under: its verb as kube-apiserver names it and, for
+/// resource requests, the resource and subresource (from the kinds registry, so bounded).
+fn request_info<B>(req: &Request<B>) -> RequestInfo {
+    let (resource, subresource, named) = match route(req.uri().path()) {
+        Ok(Route::Resource(r)) => (
+            r.kind.plural.to_string(),
+            r.subresource.clone().unwrap_or_default(),
+            r.name.is_some(),
+        ),
+        // Non-resource paths are one object each: GET, not LIST.
+        _ => (String::new(), String::new(), true),
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    RequestInfo {
+        verb: request_verb(
+            req.method(),
+            named,
+            wants_watch(req.uri().query()),
+            content_type,
+        ),
+        resource,
+        subresource,
+    }
+}
+
+/// A watch body that keeps its watcher counted until hyper drops it.
+struct Watched {
+    inner: Body,
+    _guard: WatcherGuard,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod controllers;
 pub use kith_api::events;
+pub mod metrics;
 pub mod mirror;
 pub mod pki;
 pub mod scheduler;

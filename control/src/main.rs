@@ -71,6 +71,10 @@ enum TokenCommand {
         /// How long the token is valid, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// Print the read-only metrics bearer token instead (group kith:metrics-readers:
+        /// `/metrics` and health only), for Prometheus. It does not expire.
+        #[arg(long, conflicts_with = "ttl")]
+        metrics: bool,
     },
 }
 
@@ -161,7 +165,20 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Token {
-            command: TokenCommand::Create { data_dir, ttl },
+            command:
+                TokenCommand::Create {
+                    data_dir,
+                    metrics: true,
+                    ..
+                },
+        } => {
+            let token = kith_control::pki::metrics_token_in(&data_dir)
+                .with_context(|| format!("reading the metrics token in {}", data_dir.display()))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Create { data_dir, ttl, .. },
         } => {
             let ttl = kith_control::pki::parse_ttl(&ttl).context("--ttl")?;
             let token = kith_control::pki::create_join_token_in(&data_dir, ttl)

@@ -6,21 +6,29 @@
 //!  DATA_DIR/raft/  log.redb + state.redb (openraft)
 //!  DATA_DIR/kubeconfig   written once the API serves
 //! ```
+//!
+//! Like kube-apiserver, it keeps the `kubernetes` Service in `default` (with its
+//! Endpoints and EndpointSlice) pointing at the API server, so in-cluster clients and
+//! Prometheus' `role: endpoints` discovery find it; and it serves `/metrics` with the
+//! control plane's metrics ([`crate::metrics`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kith_api::auth::{Authenticator, User, MASTERS_GROUP};
 use kith_api::handler::Api;
+use kith_api::metrics::Metrics;
 use kith_api::request::{Query, ResourceRoute};
 use kith_api::server::{serve, ApiService};
+use kith_api::store::ObjectStore;
 use kith_api::{error::ApiError, kinds};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::controllers;
+use crate::controllers::{self, clusterip};
 use crate::pki::{Pki, PkiError};
 use crate::store::{RaftStore, StoreConfig, StoreOpenError};
 
@@ -118,6 +126,8 @@ pub enum UpError {
     Store(#[from] StoreOpenError),
     #[error("creating system namespace {name}: {source}")]
     Bootstrap { name: String, source: ApiError },
+    #[error("creating the kubernetes service: {0}")]
+    KubernetesService(ApiError),
 }
 
 /// The URL clients on this box use to reach a server listening on `listen`.
@@ -168,8 +178,20 @@ pub async fn run(
     for ns in SYSTEM_NAMESPACES {
         ensure_namespace(&api, ns).await?;
     }
+    let advertise = advertise_ip(cfg.listen.ip());
+    let service_objects = kubernetes_service_objects(
+        advertise,
+        cfg.listen.port(),
+        clusterip::Range::default().kubernetes_service_ip(),
+    );
+    ensure_kubernetes_service(&api, &service_objects)
+        .await
+        .map_err(UpError::KubernetesService)?;
     let auth = Authenticator::new(pki.tokens());
-    let service = ApiService::new(api.clone(), auth);
+    let mut metrics = Metrics::new();
+    crate::metrics::register(&mut metrics, store.clone());
+    let leader_watch = crate::metrics::spawn_leader_watch(&store);
+    let service = ApiService::with_metrics(api.clone(), auth, Arc::new(metrics));
     let client = crate::client::in_process(service.clone(), system_user());
     let tls = pki.server_config()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -177,6 +199,7 @@ pub async fn run(
         let _ = stop_rx.await;
     }));
     let mut controllers = controllers::spawn_all(client, api.clone(), cfg.cluster_cidr);
+    controllers.spawn(keep_kubernetes_service(api.clone(), service_objects));
     if let Some(agent) = cfg.agent.clone() {
         service.set_node_connector(Arc::new(agent.local_node()));
         let node_user = User::new(
@@ -200,6 +223,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     controllers.abort_all();
+    leader_watch.abort();
     let _ = server.await;
     if let Err(e) = store.shutdown().await {
         tracing::warn!(error = %e, "store shutdown");
@@ -224,6 +248,142 @@ async fn ensure_namespace(api: &Arc<Api<Arc<RaftStore>>>, name: &str) -> Result<
             name: name.to_string(),
             source,
         }),
+    }
+}
+
+/// The address the `kubernetes` Service's endpoints point at: the listen address, or
+/// loopback when listening on every address (a one-box cluster's clients are local).
+pub fn advertise_ip(listen: IpAddr) -> IpAddr {
+    match listen {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    }
+}
+
+/// The `kubernetes` Service, Endpoints and EndpointSlice in `default` as kube-apiserver
+/// writes them: port 443 named `https` on `cluster_ip`, served at `ip:port`.
+/// Returned as (group, plural, object).
+pub fn kubernetes_service_objects(
+    ip: IpAddr,
+    port: u16,
+    cluster_ip: Ipv4Addr,
+) -> Vec<(&'static str, &'static str, Value)> {
+    let https = json!({"name": "https", "port": port, "protocol": "TCP"});
+    let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    vec![
+        (
+            "",
+            "services",
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {
+                    "type": "ClusterIP",
+                    "clusterIP": cluster_ip.to_string(),
+                    "clusterIPs": [cluster_ip.to_string()],
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                    "sessionAffinity": "None",
+                },
+            }),
+        ),
+        (
+            "",
+            "endpoints",
+            json!({
+                "apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [https.clone()]}],
+            }),
+        ),
+        (
+            "discovery.k8s.io",
+            "endpointslices",
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": address_type,
+                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "ports": [https],
+            }),
+        ),
+    ]
+}
+
+/// The fields `ensure_kubernetes_service` keeps as it wants them (the rest is defaulted
+/// or owned by others, e.g. a clusterIP allocator's annotations).
+const KEPT_FIELDS: &[&str] = &["subsets", "endpoints", "ports", "addressType"];
+
+/// Create each object if missing; put back the kept fields if someone changed them.
+async fn ensure_kubernetes_service<S: ObjectStore>(
+    api: &Api<S>,
+    objects: &[(&'static str, &'static str, Value)],
+) -> Result<(), ApiError> {
+    for (group, plural, want) in objects {
+        let Some(kind) = kinds::by_resource(group, "v1", plural) else {
+            continue;
+        };
+        let collection = ResourceRoute {
+            kind,
+            namespace: Some("default".into()),
+            name: None,
+            subresource: None,
+        };
+        match api
+            .create(
+                &collection,
+                &Query::default(),
+                want.clone(),
+                "kube-apiserver",
+            )
+            .await
+        {
+            Ok(_) => continue,
+            Err(ApiError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let one = ResourceRoute {
+            name: Some("kubernetes".into()),
+            ..collection
+        };
+        let have = api.get(&one, &Query::default()).await?.body;
+        let stale = KEPT_FIELDS
+            .iter()
+            .filter(|f| want.get(**f).is_some())
+            .any(|f| have.get(*f) != want.get(*f));
+        if stale {
+            let mut update = have.clone();
+            for f in KEPT_FIELDS {
+                if let Some(v) = want.get(*f) {
+                    update[*f] = v.clone();
+                }
+            }
+            api.update(&one, &Query::default(), update, "kube-apiserver")
+                .await?;
+            tracing::info!(
+                resource = plural,
+                "put the kubernetes service back as it should be"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// kube-apiserver re-checks its Service and endpoints every 10 s; so does `kith up`.
+async fn keep_kubernetes_service<S: ObjectStore>(
+    api: Arc<Api<S>>,
+    objects: Vec<(&'static str, &'static str, Value)>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = ensure_kubernetes_service(&api, &objects).await {
+            tracing::warn!(error = %e, "keeping the kubernetes service");
+        }
     }
 }
 
@@ -263,6 +423,69 @@ mod tests {
         ];
         for (f, want) in cases {
             assert_eq!(preflight(&f), want, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn advertise_ip_table() {
+        let cases: [(IpAddr, IpAddr); 4] = [
+            (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into()),
+            (Ipv6Addr::UNSPECIFIED.into(), Ipv6Addr::LOCALHOST.into()),
+            (
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+                Ipv4Addr::new(192, 0, 2, 7).into(),
+            ),
+            (Ipv6Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()),
+        ];
+        for (listen, want) in cases {
+            assert_eq!(advertise_ip(listen), want, "{listen}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_points_at_the_api_server() {
+        let objs = kubernetes_service_objects(
+            Ipv4Addr::new(192, 0, 2, 7).into(),
+            6443,
+            Ipv4Addr::new(10, 43, 0, 1),
+        );
+        let by = |plural: &str| {
+            objs.iter()
+                .find(|(_, p, _)| *p == plural)
+                .map(|(_, _, o)| o.clone())
+                .unwrap_or_else(|| panic!("no {plural}"))
+        };
+        let svc = by("services");
+        assert_eq!(svc["metadata"]["namespace"], "default");
+        assert_eq!(svc["metadata"]["name"], "kubernetes");
+        assert_eq!(svc["spec"]["clusterIP"], "10.43.0.1");
+        assert_eq!(
+            svc["spec"]["ports"][0],
+            json!({"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443})
+        );
+        assert!(svc["spec"].get("selector").is_none(), "endpoints are ours");
+        let ep = by("endpoints");
+        assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "192.0.2.7");
+        assert_eq!(ep["subsets"][0]["ports"][0]["name"], "https");
+        assert_eq!(ep["subsets"][0]["ports"][0]["port"], 6443);
+        let slice = by("endpointslices");
+        assert_eq!(slice["addressType"], "IPv4");
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "kubernetes"
+        );
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "192.0.2.7");
+        let v6 = kubernetes_service_objects(
+            Ipv6Addr::LOCALHOST.into(),
+            6443,
+            Ipv4Addr::new(10, 43, 0, 1),
+        );
+        assert_eq!(v6[2].2["addressType"], "IPv6");
+        for (group, plural, _) in &objs {
+            assert!(
+                kinds::by_resource(group, "v1", plural).is_some(),
+                "{group}/{plural} is not served"
+            );
         }
     }
 }

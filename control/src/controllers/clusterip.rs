@@ -113,6 +113,11 @@ impl Range {
         n > self.base + 1 && n < self.last()
     }
 
+    /// The first host: the `kubernetes` Service's address, as on kube-apiserver.
+    pub fn kubernetes_service_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
     /// The lowest allocatable IP not in `used`. Kubernetes picks at random; the lowest
     /// free one keeps addresses predictable on a small box.
     pub fn next_free(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
@@ -193,6 +198,12 @@ pub fn need(svc: &Service, range: &Range, markers: &BTreeMap<Ipv4Addr, Holder>) 
         return refuse(&format!(
             "provided IP is not in the valid range. The range of valid IPs is {range}"
         ));
+    }
+    // `kith up` gives default/kubernetes the reserved first host, as kube-apiserver does.
+    let is_kubernetes = svc.metadata.namespace.as_deref() == Some("default")
+        && svc.metadata.name.as_deref() == Some("kubernetes");
+    if is_kubernetes && ip == range.kubernetes_service_ip() {
+        return Need::Nothing;
     }
     match markers.get(&ip) {
         Some(h) if Some(&h.uid) == svc.metadata.uid.as_ref() => Need::Nothing,
@@ -523,7 +534,11 @@ mod tests {
         let taken = "spec.clusterIPs: Invalid value: []string{\"10.43.0.10\"}: failed to allocate IP 10.43.0.10: provided IP is already allocated";
         let mut deleting = svc("d", "ClusterIP", None);
         deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut kubernetes = svc("k", "ClusterIP", Some("10.43.0.1"));
+        kubernetes.metadata.namespace = Some("default".into());
+        kubernetes.metadata.name = Some("kubernetes".into());
         let cases = [
+            ("default/kubernetes keeps .1", kubernetes, Need::Nothing),
             ("no ip yet", svc("x", "ClusterIP", None), Need::Allocate),
             ("empty ip", svc("x", "ClusterIP", Some("")), Need::Allocate),
             ("nodeport", svc("x", "NodePort", None), Need::Allocate),

@@ -602,7 +602,7 @@ pub async fn run(client: Client) {
                 .collect::<Vec<_>>()
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("daemonset"))
         .await;
 }
 

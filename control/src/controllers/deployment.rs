@@ -1081,7 +1081,7 @@ pub async fn run(client: Client) {
             owners_of(&store, &rs)
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("deployment"))
         .await;
 }
 

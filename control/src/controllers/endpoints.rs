@@ -294,7 +294,7 @@ pub async fn run(client: Client) {
         .owns(slices, watcher::Config::default())
         .owns(endpoints, watcher::Config::default())
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("endpoints"))
         .await;
 }
 

@@ -575,7 +575,7 @@ pub async fn run(client: Client) {
                 .map(|r| ObjectRef::<Job>::new(&r.name).within(&ns))
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("job"))
         .await;
 }
 

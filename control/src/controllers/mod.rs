@@ -38,6 +38,25 @@ pub(crate) fn status_merge_patch<T: serde::Serialize>(
     Ok(serde_json::json!({ "status": v }))
 }
 
+/// What a kube-runtime `Controller` stream's `for_each` gets: counts each reconcile pass
+/// of `controller` (and the failed ones) in `/metrics`. Queue and watch errors are not
+/// passes and are left out.
+pub(crate) fn count_reconciles<T, E, Q>(
+    controller: &'static str,
+) -> impl FnMut(Result<T, kube::runtime::controller::Error<E, Q>>) -> std::future::Ready<()> {
+    move |result| {
+        use kube::runtime::controller::Error;
+        match result {
+            Ok(_) => crate::metrics::control().reconciled(controller, true),
+            Err(Error::ReconcilerFailed(..)) => {
+                crate::metrics::control().reconciled(controller, false)
+            }
+            Err(_) => {}
+        }
+        std::future::ready(())
+    }
+}
+
 /// Start every controller (and the scheduler); they run until the set is dropped.
 pub fn spawn_all<S: ObjectStore>(
     client: kube::Client,

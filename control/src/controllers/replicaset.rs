@@ -352,7 +352,7 @@ pub async fn run(client: Client) {
             owners_of(&store, &pod)
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("replicaset"))
         .await;
 }
 

@@ -493,7 +493,7 @@ pub async fn run(client: Client) {
     Controller::new(sets, watcher::Config::default())
         .watches(pods, watcher::Config::default(), |pod| owner_of(&pod))
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(|_| async {})
+        .for_each(super::count_reconciles("statefulset"))
         .await;
 }
 

@@ -47,6 +47,23 @@ use files::{ensure_private_dir, read_optional, write_atomic, PRIVATE, PUBLIC};
 pub use join::{create_join_token_in, parse_ttl, JoinToken};
 pub use kubeconfig::TOKEN_USER as KUBECONFIG_TOKEN_USER;
 
+/// What `kith token create --metrics --data-dir DIR` prints: the read-only bearer token
+/// of `kith-metrics` (group `kith:metrics-readers`: `/metrics` and health only), read from
+/// the cluster's tokens file without starting (or needing) a server.
+pub fn metrics_token_in(data_dir: &Path) -> Result<String, PkiError> {
+    let path = data_dir.join(PKI_DIR).join(TOKENS_FILE);
+    let text =
+        read_optional(&path)?.ok_or_else(|| PkiError::NotInitialized(data_dir.to_path_buf()))?;
+    static_tokens::parse(&text, &path)?
+        .into_iter()
+        .find(|t| t.user.name == METRICS_USER)
+        .map(|t| t.token)
+        .ok_or_else(|| PkiError::Corrupt {
+            path,
+            why: format!("no token for {METRICS_USER}; `kith up` adds one when it starts"),
+        })
+}
+
 /// User of the admin client certificate and admin token.
 pub const ADMIN_USER: &str = "kith-admin";
 /// User of the metrics token (group [`kith_api::auth::METRICS_GROUP`]).

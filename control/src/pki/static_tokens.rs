@@ -74,7 +74,7 @@ fn render(t: &StaticToken) -> String {
     )
 }
 
-fn parse(text: &str, path: &Path) -> Result<Vec<StaticToken>, PkiError> {
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Vec<StaticToken>, PkiError> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -136,6 +136,23 @@ mod tests {
             ]
         );
         assert!(parse("onlytoken\n", Path::new("t")).is_err());
+    }
+
+    #[test]
+    fn the_metrics_token_is_readable_without_a_server() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            crate::pki::metrics_token_in(dir.path()),
+            Err(PkiError::NotInitialized(_))
+        ));
+        std::fs::create_dir(dir.path().join("pki")).unwrap();
+        let tokens = load_or_create(&dir.path().join("pki/tokens.csv")).unwrap();
+        let want = tokens.iter().find(|t| t.user.name == METRICS_USER).unwrap();
+        assert_eq!(
+            crate::pki::metrics_token_in(dir.path()).unwrap(),
+            want.token
+        );
+        assert!(want.user.in_group(METRICS_GROUP));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub use place::{place, Unschedulable};
 pub use snapshot::Snapshot;
 
 use crate::events::{record, EventType};
+use crate::metrics::{self, ScheduleResult};
 
 /// The name pods ask for in `spec.schedulerName`, and the events' source.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -274,9 +275,12 @@ async fn pass(
             .unwrap_or_else(|| "default".into());
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let attempt = Instant::now();
+        let attempted = |result| metrics::control().schedule_attempt(result, attempt.elapsed());
         match place(pod, &snap) {
             Ok(node) => match bind(client, pod, &node).await {
                 Ok(()) => {
+                    attempted(ScheduleResult::Scheduled);
                     snap.assume(pod, &node);
                     backoff.remove(&uid);
                     tracing::debug!(pod = %format!("{ns}/{name}"), node, "scheduled");
@@ -300,6 +304,7 @@ async fn pass(
                     });
                 }
                 Err(e) => {
+                    attempted(ScheduleResult::Error);
                     // Bound meanwhile, deleted, or the API is unhappy: look again soon.
                     tracing::debug!(error = %e, "binding failed");
                     let until = now + FIRST_BACKOFF;
@@ -316,6 +321,7 @@ async fn pass(
                 }
             },
             Err(why) => {
+                attempted(ScheduleResult::Unschedulable);
                 let message = why.to_string();
                 tracing::debug!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
                 record(

@@ -60,7 +60,7 @@ use tokio::task::JoinHandle;
 use self::batch::{Pending, WriteCounters, WriteStats};
 use self::log::{LogStats, LogStore};
 use self::network::{InProcessNetwork, Network, RaftTransport};
-use self::sm::StateMachine;
+use self::sm::{SnapshotStats, StateMachine};
 
 /// A node's id in the region's Raft group.
 pub type NodeId = u64;
@@ -202,6 +202,7 @@ pub struct RaftStore {
     proposals: mpsc::Sender<Pending>,
     proposer: Mutex<Option<JoinHandle<()>>>,
     write_stats: Arc<WriteStats>,
+    snapshot_stats: Arc<SnapshotStats>,
 }
 
 impl RaftStore {
@@ -227,6 +228,7 @@ impl RaftStore {
         let sm = StateMachine::open(&config.data_dir.join("state.redb"), config.history)?;
         let shared = sm.shared();
         let stats = log.stats();
+        let snapshot_stats = sm.snapshot_stats();
         let closed = vec![log.closed(), sm.closed()];
 
         let raft = KithRaft::new(
@@ -258,6 +260,7 @@ impl RaftStore {
             proposals,
             proposer: Mutex::new(Some(proposer)),
             write_stats,
+            snapshot_stats,
         });
 
         let initialized = store
@@ -365,6 +368,21 @@ impl RaftStore {
     /// well queued appends share an fsync).
     pub fn log_stats(&self) -> log::LogCounters {
         self.stats.counters()
+    }
+
+    /// The log writer's counters and latency histograms, shared (for `/metrics`).
+    pub fn log_stats_handle(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    /// Snapshot size and build time (for `/metrics`).
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshot_stats.clone()
+    }
+
+    /// Read the applied objects under the state lock (keep `f` short: writes wait).
+    pub fn with_state<T>(&self, f: impl FnOnce(&kith_api::store::State) -> T) -> T {
+        self.shared.with_state(f)
     }
 
     /// Proposer counters: Raft entries proposed and the writes they carried (writes per

@@ -27,6 +27,7 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::batch::{revision, MAX_BATCH};
@@ -50,6 +51,26 @@ pub struct StateMachine {
     db: Arc<TrackedDb>,
     /// Makes snapshot ids unique among snapshots of the same log position.
     snapshot_seq: Arc<AtomicU64>,
+    snapshot_stats: Arc<SnapshotStats>,
+}
+
+/// What `/metrics` reports about snapshots.
+#[derive(Debug)]
+pub struct SnapshotStats {
+    /// Size of the last snapshot this node built.
+    pub last_bytes: AtomicU64,
+    /// Seconds to build one (encode and persist durably).
+    pub build_seconds: Histogram,
+}
+
+impl Default for SnapshotStats {
+    fn default() -> Self {
+        SnapshotStats {
+            last_bytes: AtomicU64::new(0),
+            // 1 ms .. ~65 s: from an empty store to a large one on slow flash.
+            build_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        }
+    }
 }
 
 impl StateMachine {
@@ -83,7 +104,12 @@ impl StateMachine {
             last_membership,
             db,
             snapshot_seq: Arc::new(AtomicU64::new(0)),
+            snapshot_stats: Arc::default(),
         })
+    }
+
+    pub fn snapshot_stats(&self) -> Arc<SnapshotStats> {
+        self.snapshot_stats.clone()
     }
 
     /// The objects and watch hub this state machine applies to.
@@ -244,10 +270,12 @@ pub struct SnapshotBuilder {
     last_membership: StoredMembership<NodeId, BasicNode>,
     db: Arc<TrackedDb>,
     seq: u64,
+    stats: Arc<SnapshotStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        let started = std::time::Instant::now();
         let data = Arc::new(encode_state(&self.state));
         let snapshot_id = match &self.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
@@ -259,6 +287,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id,
         };
         persist(self.db.clone(), meta.clone(), data.clone()).await?;
+        self.stats
+            .build_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.stats
+            .last_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
         tracing::info!(snapshot = %meta, objects = self.state.len(), bytes = data.len(), "built snapshot");
         let data = Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone());
         Ok(Snapshot {
@@ -333,6 +367,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_membership: self.last_membership.clone(),
             db: self.db.clone(),
             seq: self.snapshot_seq.fetch_add(1, Ordering::Relaxed),
+            stats: self.snapshot_stats.clone(),
         }
     }
 
