@@ -17,9 +17,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 
 use crate::image::RegistryImageStore;
+use crate::network::PodNetwork;
 use crate::network::{BridgeConfig, BridgeNetwork, Ipv4Net};
 use crate::node::{self, NodeConfig};
-use crate::network::PodNetwork;
 use crate::runtime::{ContainerRuntime, LibcontainerRuntime, RuntimeConfig};
 use crate::server::LocalNode;
 use crate::spec::NodeAllocatable;
