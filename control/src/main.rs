@@ -1,5 +1,8 @@
-//! The `kith` command: `kith up` runs a one-box cluster; `kith token create` prints a
-//! join token.
+//! The `kith` command: `kith up` runs a one-box cluster; `kith image import` loads an
+//! image archive into this box's store; `kith token create` prints a join token.
+//!
+//! Every refusal is one line on stderr naming the command (`kith up: ...`) and exit code 1:
+//! these are the first messages a new user meets, so no backtraces and no `Error: ` debris.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -55,6 +58,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Images in this box's store.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Join tokens for agents and control boxes.
     Token {
         #[command(subcommand)]
@@ -78,10 +86,66 @@ enum TokenCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Load an OCI image-layout tar (`skopeo copy ... oci-archive:FILE`) or a `docker save`
+    /// tar into the agent's store, so pods using `imagePullPolicy: IfNotPresent` or `Never`
+    /// start without a registry. Prints each imported image name.
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// The data directory of `kith up` (images go to DIR/agent/images).
+        #[arg(long, default_value = "/var/lib/kith")]
+        data_dir: PathBuf,
+    },
+}
+
+impl Command {
+    /// How the command names itself in its one-line errors.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Up { .. } => "kith up",
+            Command::Shim { .. } => "kith shim",
+            Command::Image { .. } => "kith image import",
+            Command::Token { .. } => "kith token create",
+        }
+    }
+}
+
+fn main() {
     let cli = Cli::parse();
+    let name = cli.command.name();
+    if let Err(e) = run(cli) {
+        eprintln!("{name}: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line, `: `-joined. Many of our errors already spell
+/// out their source in their own message; a cause already said is not said again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // A one-shot command's output is its result; progress logs are for the long-running ones.
+    let default_filter = match cli.command {
+        Command::Image { .. } | Command::Token { .. } => "warn",
+        Command::Up { .. } | Command::Shim { .. } => "info,openraft=warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
-        .unwrap_or_else(|_| "info,openraft=warn".into());
+        .unwrap_or_else(|_| default_filter.into());
     if let Command::Shim { args } = cli.command {
         // The container's processes are forked from the shim and see the container's
         // stderr as fd 2 until they exec; logging to a private copy of fd 2 keeps
@@ -135,10 +199,7 @@ fn main() -> anyhow::Result<()> {
             };
             if agent.is_some() {
                 // Refuse before anything is created, with the reason, not a backtrace.
-                if let Err(e) = up::preflight(&up::HostFacts::read()) {
-                    eprintln!("kith up: {e}");
-                    std::process::exit(1);
-                }
+                up::preflight(&up::HostFacts::read())?;
             }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -163,6 +224,17 @@ fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(anyhow::Error::from)
             })
+        }
+        Command::Image {
+            command: ImageCommand::Import { file, data_dir },
+        } => {
+            // The same layout as the agent's (agent/src/run.rs): DATA_DIR/agent/images.
+            let dir = data_dir.join("agent").join("images");
+            let store = kith_agent::image::RegistryImageStore::open(&dir, Vec::new())?;
+            for name in kith_agent::image::import_archive(&store, &file)? {
+                println!("imported {name}");
+            }
+            Ok(())
         }
         Command::Token {
             command:
@@ -201,5 +273,50 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug)]
+    struct Wraps(&'static str, std::io::Error);
+
+    impl std::fmt::Display for Wraps {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn errors_print_on_one_line_without_repeats() {
+        let io = || std::io::Error::other("disk full");
+        let cases: Vec<(anyhow::Error, &str)> = vec![
+            (anyhow::anyhow!("plain"), "plain"),
+            (
+                anyhow::Error::from(io()).context("writing x"),
+                "writing x: disk full",
+            ),
+            // The message already names its source: said once.
+            (
+                anyhow::Error::from(Wraps("opening f: disk full", io())),
+                "opening f: disk full",
+            ),
+            (
+                anyhow::Error::from(Wraps("opening f", io())).context("importing"),
+                "importing: opening f: disk full",
+            ),
+            (anyhow::anyhow!("two\nlines"), "two lines"),
+        ];
+        for (error, want) in cases {
+            assert_eq!(one_line(&error), want, "{error:?}");
+        }
     }
 }

@@ -386,7 +386,7 @@ async fn describe_shows_the_object(c: &Cluster, k: Kubectl) -> Result<()> {
     ensure_contains(&out, "Replicas:")?;
     ensure_contains(&out, "2 desired")?;
     ensure_contains(&out, "Pod Template:")?;
-    ensure_contains(&out, "localhost:5000/busybox:1.36")?;
+    ensure_contains(&out, "localhost/hello:v1")?;
     ensure_contains(&out, "Selector:")?;
     ensure_contains(&out, "app=hello")?;
 
