@@ -10,6 +10,7 @@
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
 pub mod image;
+pub mod join;
 pub mod network;
 pub mod node;
 pub mod run;

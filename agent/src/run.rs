@@ -68,7 +68,11 @@ impl AgentOptions {
 
     /// How the API server reaches this agent when both run in one process.
     pub fn local_node(&self) -> LocalNode<LibcontainerRuntime> {
-        LocalNode::new(self.data_dir.clone(), Arc::new(self.runtime()))
+        LocalNode::new(
+            self.node_name.clone(),
+            self.data_dir.clone(),
+            Arc::new(self.runtime()),
+        )
     }
 }
 

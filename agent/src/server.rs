@@ -23,13 +23,18 @@ use crate::runtime::{ContainerRuntime, ContainerState};
 
 /// Serves this node's logs from `root` (the agent's data dir).
 pub struct LocalNode<R> {
+    node: String,
     root: PathBuf,
     runtime: Arc<R>,
 }
 
 impl<R: ContainerRuntime + 'static> LocalNode<R> {
-    pub fn new(root: PathBuf, runtime: Arc<R>) -> Self {
-        LocalNode { root, runtime }
+    pub fn new(node: String, root: PathBuf, runtime: Arc<R>) -> Self {
+        LocalNode {
+            node,
+            root,
+            runtime,
+        }
     }
 
     /// Whether `attempt` of the target container is running now.
@@ -87,6 +92,14 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
         q: LogQuery,
     ) -> Pin<Box<dyn Future<Output = Result<ByteStream, ApiError>> + Send + '_>> {
         Box::pin(async move {
+            if target.node != self.node {
+                // Agents on other boxes would serve their pods' logs over HTTPS; that
+                // connection does not exist yet.
+                return Err(ApiError::BadRequest(format!(
+                    "logs of pods on node {} can not be served by this API server yet (only node {}'s)",
+                    target.node, self.node
+                )));
+            }
             let dir = self.container_dir(&target);
             let all = attempts(&dir);
             // As the kubelet: `--previous` is the last terminated attempt — the newest one
@@ -126,6 +139,7 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
             }
             // Follow until this attempt is no longer running.
             let me = LocalNode {
+                node: self.node.clone(),
                 root: self.root.clone(),
                 runtime: self.runtime.clone(),
             };

@@ -174,12 +174,56 @@ pub fn authorize(user: &User, verb: &str, path: &str) -> Result<(), ApiError> {
     if user.in_group(METRICS_GROUP) && verb.eq_ignore_ascii_case("get") && metrics_path(path) {
         return Ok(());
     }
+    if user.in_group(crate::join::NODES_GROUP) {
+        if let Some(node) = user.name.strip_prefix("system:node:") {
+            if node_may(node, verb, path) {
+                return Ok(());
+            }
+        }
+    }
     Err(ApiError::Forbidden(format!(
         "forbidden: User \"{}\" cannot {} path \"{}\"",
         user.name,
         verb.to_ascii_lowercase(),
         path
     )))
+}
+
+/// What an agent (user `system:node:<node>`) may do, by path: read everything the kubelet
+/// reads; write its own Node (and status) and Lease, pod status, pod deletion (to finish a
+/// graceful delete) and Events. Like Kubernetes' Node authorizer, minus its finer rule that
+/// only secrets of pods bound to the node are readable.
+pub fn node_may(node: &str, verb: &str, path: &str) -> bool {
+    let verb = verb.to_ascii_lowercase();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if verb == "get" {
+        return matches!(segs.first(), Some(&"api") | Some(&"apis"))
+            || metrics_path(path)
+            || segs == ["version"];
+    }
+    match segs.as_slice() {
+        // Its own Node: create, and update/patch it or its status.
+        ["api", "v1", "nodes"] => verb == "post",
+        ["api", "v1", "nodes", n] | ["api", "v1", "nodes", n, "status"] => {
+            *n == node && matches!(verb.as_str(), "put" | "patch")
+        }
+        // Its Lease.
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases"] => {
+            verb == "post"
+        }
+        ["apis", "coordination.k8s.io", "v1", "namespaces", "kube-node-lease", "leases", n] => {
+            *n == node && matches!(verb.as_str(), "put" | "patch")
+        }
+        // Pod status, and the final delete of a pod it stopped.
+        ["api", "v1", "namespaces", _, "pods", _, "status"] => {
+            matches!(verb.as_str(), "put" | "patch")
+        }
+        ["api", "v1", "namespaces", _, "pods", _] => verb == "delete",
+        // Events about what it did.
+        ["api", "v1", "namespaces", _, "events"] => verb == "post",
+        ["api", "v1", "namespaces", _, "events", _] => matches!(verb.as_str(), "put" | "patch"),
+        _ => false,
+    }
 }
 
 fn metrics_path(path: &str) -> bool {
@@ -190,6 +234,51 @@ fn metrics_path(path: &str) -> bool {
                 .and_then(|rest| rest.strip_prefix('/'))
                 .is_some_and(|check| !check.is_empty() && !check.contains('/'))
         })
+}
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    #[test]
+    fn node_may_table() {
+        let cases = [
+            ("get", "/api/v1/namespaces/a/secrets/s", true),
+            ("get", "/apis/apps/v1/deployments", true),
+            ("post", "/api/v1/nodes", true),
+            ("patch", "/api/v1/nodes/n1/status", true),
+            ("patch", "/api/v1/nodes/n2/status", false),
+            ("put", "/api/v1/nodes/n1", true),
+            ("delete", "/api/v1/nodes/n1", false),
+            (
+                "put",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n1",
+                true,
+            ),
+            (
+                "put",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/n2",
+                false,
+            ),
+            (
+                "post",
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                true,
+            ),
+            ("patch", "/api/v1/namespaces/a/pods/p/status", true),
+            ("patch", "/api/v1/namespaces/a/pods/p", false),
+            ("delete", "/api/v1/namespaces/a/pods/p", true),
+            ("post", "/api/v1/namespaces/a/pods", false),
+            ("post", "/api/v1/namespaces/a/events", true),
+            ("put", "/api/v1/namespaces/a/events/e", true),
+            ("post", "/api/v1/namespaces/a/secrets", false),
+            ("delete", "/api/v1/namespaces/a", false),
+            ("post", "/apis/apps/v1/namespaces/a/deployments", false),
+        ];
+        for (verb, path, want) in cases {
+            assert_eq!(node_may("n1", verb, path), want, "{verb} {path}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod handler;
+pub mod join;
 pub mod kinds;
 pub mod metrics;
 pub mod nodes;

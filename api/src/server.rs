@@ -60,6 +60,8 @@ pub struct ApiService<S> {
     metrics: Arc<Metrics>,
     /// How `pods/log` reaches the agents; set once they exist.
     nodes: std::sync::OnceLock<Arc<dyn crate::nodes::NodeConnector>>,
+    /// Serves `/cacerts` and `/kith/v1/join` when set.
+    joiner: std::sync::OnceLock<Arc<dyn crate::join::Joiner>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
@@ -75,7 +77,45 @@ impl<S: ObjectStore> ApiService<S> {
             auth,
             metrics,
             nodes: std::sync::OnceLock::new(),
+            joiner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let boxes join with join tokens from now on (a second call is ignored).
+    pub fn set_joiner(&self, joiner: Arc<dyn crate::join::Joiner>) {
+        let _ = self.joiner.set(joiner);
+    }
+
+    /// `/cacerts` and `/kith/v1/join`: answered before any authentication, since the
+    /// joiner has no credentials yet (the join token is checked by the joiner).
+    async fn join_routes<B>(&self, req: Request<B>) -> Option<Result<Response<Body>, ApiError>>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let joiner = self.joiner.get()?.clone();
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/cacerts") => Some(Ok(text(StatusCode::OK, joiner.ca_pem()))),
+            (&Method::POST, "/kith/v1/join") => Some(
+                async {
+                    let token = req
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .map(str::to_string)
+                        .ok_or(ApiError::Unauthorized)?;
+                    let body = read_body(req).await?;
+                    let join = crate::join::parse_request(&body)?;
+                    let reply = joiner.join(&token, &join)?;
+                    let value = serde_json::to_value(reply)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    Ok(json_response(StatusCode::OK, &value, &[]))
+                }
+                .await,
+            ),
+            _ => None,
+        }
     }
 
     /// Route `pods/log` to `nodes` from now on (a second call is ignored).
@@ -181,6 +221,12 @@ impl<S: ObjectStore> ApiService<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path().to_string();
+        if path == "/cacerts" || path == "/kith/v1/join" {
+            if let Some(reply) = self.join_routes(req).await {
+                return reply;
+            }
+            return Err(ApiError::NoRoute);
+        }
         let r = route(&path);
         // Health and version are public, as on kube-apiserver.
         match &r {
@@ -511,7 +557,7 @@ where
     }
 }
 
-fn text(code: StatusCode, s: &'static str) -> Response<Body> {
+fn text(code: StatusCode, s: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(s));
     *r.status_mut() = code;
     r.headers_mut().insert(

@@ -52,6 +52,28 @@ enum Command {
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
     },
+    /// Run this box's agent against a cluster: join with a token the first time, then run
+    /// the pods the scheduler binds here.
+    Agent {
+        /// The API server, e.g. https://192.0.2.10:6443 (the first one is used).
+        #[arg(long, required = true)]
+        server: Vec<String>,
+        /// A join token from `kith token create` (needed until the agent has joined).
+        #[arg(long, env = "KITH_TOKEN")]
+        token: Option<String>,
+        /// Where the agent keeps its credentials, images, containers and logs.
+        #[arg(long, default_value = "/var/lib/kith-agent")]
+        data_dir: PathBuf,
+        /// The Node this box registers as (default: the hostname).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// A registry reached over plain HTTP (loopback registries always are); repeatable.
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+        insecure_registries: Vec<String>,
+        /// The pod bridge and nftables table of this agent.
+        #[arg(long, default_value = "kith0", hide = true)]
+        pod_bridge: String,
+    },
     /// Internal: the per-container shim the agent starts (`kith shim run <dir>`).
     #[command(hide = true)]
     Shim {
@@ -105,6 +127,7 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Up { .. } => "kith up",
+            Command::Agent { .. } => "kith agent",
             Command::Shim { .. } => "kith shim",
             Command::Image { .. } => "kith image import",
             Command::Token { .. } => "kith token create",
@@ -142,7 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // A one-shot command's output is its result; progress logs are for the long-running ones.
     let default_filter = match cli.command {
         Command::Image { .. } | Command::Token { .. } => "warn",
-        Command::Up { .. } | Command::Shim { .. } => "info,openraft=warn",
+        Command::Up { .. } | Command::Agent { .. } | Command::Shim { .. } => "info,openraft=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
         .unwrap_or_else(|_| default_filter.into());
@@ -181,13 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let agent = if no_agent {
                 None
             } else {
-                let node_name = match node_name {
-                    Some(n) => n,
-                    None => nix::unistd::gethostname()
-                        .context("reading the hostname for the node name")?
-                        .to_string_lossy()
-                        .to_lowercase(),
-                };
+                let node_name = node_name_or_hostname(node_name)?;
                 Some(kith_agent::run::AgentOptions {
                     node_name,
                     data_dir: data_dir.join("agent"),
@@ -236,6 +253,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Agent {
+            server,
+            token,
+            data_dir,
+            node_name,
+            insecure_registries,
+            pod_bridge,
+        } => {
+            up::preflight(&up::HostFacts::read())?;
+            let node_name = node_name_or_hostname(node_name)?;
+            let server = server[0].clone();
+            let opts = kith_agent::run::AgentOptions {
+                node_name: node_name.clone(),
+                data_dir: data_dir.clone(),
+                insecure_registries,
+                shim_binary: std::env::current_exe().context("locating the kith binary")?,
+                node_ip: None,
+                bridge: pod_bridge,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let kubeconfig = data_dir.join("kubeconfig");
+                if !kubeconfig.exists() {
+                    let Some(token) = token else {
+                        anyhow::bail!(
+                            "{} has no credentials yet: pass --token (from `kith token create` on a control box)",
+                            data_dir.display()
+                        );
+                    };
+                    kith_agent::join::bootstrap(&server, &token, &node_name, &kubeconfig).await?;
+                    println!("joined {server} as node {node_name}");
+                }
+                let client = client_from_kubeconfig(&kubeconfig).await?;
+                kith_agent::run::run(client, opts, shutdown_signal()).await?;
+                Ok(())
+            })
+        }
         Command::Token {
             command:
                 TokenCommand::Create {
@@ -259,6 +315,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The Node name: as given, else the hostname in lower case.
+fn node_name_or_hostname(name: Option<String>) -> anyhow::Result<String> {
+    match name {
+        Some(n) => Ok(n),
+        None => Ok(nix::unistd::gethostname()
+            .context("reading the hostname for the node name")?
+            .to_string_lossy()
+            .to_lowercase()),
+    }
+}
+
+/// A client with the credentials of a kubeconfig file.
+async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

@@ -170,7 +170,7 @@ pub async fn run(
     if !cfg.listen.ip().is_unspecified() {
         sans.push(cfg.listen.ip().to_string());
     }
-    let pki = Pki::load_or_create(dir, &sans)?;
+    let pki = Arc::new(Pki::load_or_create(dir, &sans)?);
     let mut store_cfg = StoreConfig::new(1, client_url(cfg.listen), dir.join("raft"));
     store_cfg.history = cfg.watch_history;
     let store = RaftStore::open(store_cfg).await?;
@@ -198,6 +198,7 @@ pub async fn run(
     let server = tokio::spawn(serve(listener, tls, service.clone(), async {
         let _ = stop_rx.await;
     }));
+    service.set_joiner(pki.clone());
     let mut controllers = controllers::spawn_all(client, api.clone(), cfg.cluster_cidr);
     controllers.spawn(keep_kubernetes_service(api.clone(), service_objects));
     if let Some(agent) = cfg.agent.clone() {

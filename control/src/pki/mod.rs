@@ -584,3 +584,39 @@ fn subject_is(der: &CertificateDer<'_>, cn: &str, org: &str) -> bool {
 fn tighten(path: &Path) -> Result<(), PkiError> {
     fs::set_permissions(path, Permissions::from_mode(PRIVATE)).map_err(files::io_err(path))
 }
+
+/// How long a node certificate issued at join is valid.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Boxes join with a join token and get a node client certificate (see
+/// [`kith_api::join`]). A token that is malformed, unknown, expired or of another cluster
+/// gets 401 and nothing else.
+impl kith_api::join::Joiner for Pki {
+    fn ca_pem(&self) -> String {
+        Pki::ca_pem(self).to_string()
+    }
+
+    fn join(
+        &self,
+        token: &str,
+        req: &kith_api::join::JoinRequest,
+    ) -> Result<kith_api::join::JoinReply, kith_api::error::ApiError> {
+        if let Err(e) = self.validate_join_token(token, Timestamp::now()) {
+            tracing::info!(node = %req.node_name, error = %e, "join refused");
+            return Err(kith_api::error::ApiError::Unauthorized);
+        }
+        let issued = self
+            .issue_client_cert(
+                &kith_api::join::node_user(&req.node_name),
+                Some(kith_api::join::NODES_GROUP),
+                NODE_CERT_VALIDITY,
+            )
+            .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))?;
+        tracing::info!(node = %req.node_name, "node joined");
+        Ok(kith_api::join::JoinReply {
+            ca: Pki::ca_pem(self).to_string(),
+            cert: issued.cert_pem,
+            key: issued.key_pem,
+        })
+    }
+}

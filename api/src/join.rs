@@ -1,0 +1,95 @@
+//! How a new box joins: the two non-Kubernetes endpoints an agent uses before it has
+//! credentials of its own (the shape follows k3s).
+//!
+//! ```text
+//!  GET  /cacerts          (anyone)             → the cluster CA, PEM; the joiner checks its
+//!                                                 SHA-256 against the hash in its join token
+//!  POST /kith/v1/join     Bearer <join token>  → {"ca","cert","key"}: a client certificate
+//!       {"nodeName": "n1"}                       for system:node:n1 in group system:nodes
+//! ```
+//! The control plane implements [`Joiner`] (it owns the CA and the token list).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// What a join request asks for.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_name: String,
+}
+
+/// The credentials a joined node gets (PEM).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct JoinReply {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// The group every node's certificate carries, as in Kubernetes.
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// The user name of node `name`.
+pub fn node_user(name: &str) -> String {
+    format!("system:node:{name}")
+}
+
+/// Issues node credentials to holders of a valid join token.
+pub trait Joiner: Send + Sync + 'static {
+    /// The cluster CA certificate, PEM.
+    fn ca_pem(&self) -> String;
+    /// Credentials for `req.node_name` if `token` is a live join token; `Unauthorized`
+    /// otherwise.
+    fn join(&self, token: &str, req: &JoinRequest) -> Result<JoinReply, ApiError>;
+}
+
+/// The body of a join request, checked: a JSON object naming a valid node.
+pub fn parse_request(body: &[u8]) -> Result<JoinRequest, ApiError> {
+    let req: JoinRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid join request: {e}")))?;
+    let name = &req.node_name;
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !valid {
+        return Err(ApiError::BadRequest(format!(
+            "invalid node name {name:?}: must be a lowercase RFC 1123 subdomain"
+        )));
+    }
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_table() {
+        let cases: Vec<(&str, Result<&str, &str>)> = vec![
+            (r#"{"nodeName":"n1"}"#, Ok("n1")),
+            (r#"{"nodeName":"edge-7.region-a"}"#, Ok("edge-7.region-a")),
+            (r#"{"nodeName":"Bad_Name"}"#, Err("invalid node name")),
+            (r#"{"nodeName":""}"#, Err("invalid node name")),
+            (r#"{"nodeName":"-x"}"#, Err("invalid node name")),
+            (r#"{"nodeName":"n1","admin":true}"#, Err("unknown field")),
+            ("not json", Err("invalid join request")),
+        ];
+        for (body, want) in cases {
+            match (parse_request(body.as_bytes()), want) {
+                (Ok(r), Ok(name)) => assert_eq!(r.node_name, name),
+                (Err(ApiError::BadRequest(m)), Err(w)) => assert!(m.contains(w), "{body}: {m}"),
+                (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}
