@@ -268,3 +268,151 @@ spec:
     assert!(!agent_dir.join("pods").join(&uid).exists(), "pod dir left");
     Ok(())
 }
+
+/// Host pids of the processes in the pod's cgroups (any controller).
+fn pod_pids(uid: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if cgroup.contains(&format!("/{uid}/")) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Containers outlive the agent (architecture invariant 5): restarting `kith up` leaves
+/// the pod's processes as they were, with the same restart count. A failing liveness
+/// probe restarts its container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_kith_keeps_containers_and_liveness_restarts() -> Result<()> {
+    let registry = TestRegistry::start().context("start registry")?;
+    registry
+        .push_busybox("busybox", "1", ImageOptions::default())
+        .await?;
+    let image = registry.image("busybox", "1");
+    let mut cluster = Cluster::up_with(Options {
+        agent: Some(AgentOptions::unique("keep")),
+        ..Default::default()
+    })
+    .await?;
+    let ns = cluster.namespace("keep").await?;
+    let pods = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: steady
+spec:
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "exec sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: unhealthy
+spec:
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "exec sleep 3600"]
+    livenessProbe:
+      tcpSocket:
+        port: 9
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+    );
+    cluster.apply_yaml(K, Some(&ns), &pods).await?;
+    wait_for(
+        &cluster,
+        "pod steady Running",
+        Duration::from_secs(60),
+        |s| s == "Running",
+        &[
+            "get",
+            "pod",
+            "steady",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+    )
+    .await?;
+    let uid = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "pod",
+                "steady",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+        )
+        .await?;
+    let before = pod_pids(&uid);
+    assert!(!before.is_empty(), "no processes found for pod {uid}");
+
+    cluster.stop().await?;
+    assert_eq!(
+        pod_pids(&uid),
+        before,
+        "stopping kith touched the pod's processes"
+    );
+    cluster.start().await?;
+    // Give the restarted agent time to look at the pod and (wrongly) act on it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let status = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "pod",
+                "steady",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.phase} {.status.containerStatuses[0].restartCount}",
+            ],
+        )
+        .await?;
+    assert_eq!(status, "Running 0");
+    assert_eq!(
+        pod_pids(&uid),
+        before,
+        "the restarted agent replaced the container"
+    );
+
+    // The liveness probe on a closed port fails: the container is killed and restarted.
+    wait_for(
+        &cluster,
+        "pod unhealthy restarted by its liveness probe",
+        Duration::from_secs(90),
+        |s| s.parse::<u32>().is_ok_and(|n| n >= 1),
+        &[
+            "get",
+            "pod",
+            "unhealthy",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ],
+    )
+    .await?;
+    let describe = cluster
+        .kubectl_ok(K, &["describe", "pod", "unhealthy", "-n", &ns])
+        .await?;
+    assert!(describe.contains("Unhealthy"), "{describe}");
+    assert!(describe.contains("failed liveness probe"), "{describe}");
+    Ok(())
+}
