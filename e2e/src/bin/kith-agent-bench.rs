@@ -34,7 +34,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kith_agent::image::testing::{gzip, raw_tar, ImageOptions, RawEntry, TestImage, TestRegistry};
-use kith_agent::image::{ImageStore as _, PullPolicy, RegistryImageStore};
+use kith_agent::image::{unpack, ImageStore as _, PullPolicy, RegistryImageStore};
 use kith_e2e::bench::{figure, kith_pid, mib, percentile, round, rss_bytes, Better};
 use kith_e2e::{AgentOptions, Cluster, Options};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -608,7 +608,8 @@ impl RuncBaseline {
         std::fs::create_dir_all(&rootfs)?;
         std::fs::create_dir_all(dir.path().join("state"))?;
         for layer in TestImage::busybox(ImageOptions::default())?.layers {
-            kith_agent::image::unpack::apply_layer(&rootfs, &layer[..])?;
+            let tar = unpack::open_layer(std::io::Cursor::new(layer))?;
+            unpack::apply_layer(&rootfs, tar)?;
         }
         let out = std::process::Command::new(RUNC)
             .arg("spec")
