@@ -362,10 +362,18 @@ impl Drop for RunningPods {
 /// Deletes every pod of the namespace and waits until they are gone (the next phase starts
 /// on an empty box).
 async fn delete_all_pods(pods: &Api<Pod>) -> Result<()> {
-    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
+        // The garbage collector and the agent write these pods too: a conflict or a pod
+        // already gone only means another round.
+        match pods
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
         let left = pods.list(&ListParams::default()).await?.items.len();
         if left == 0 {
             return Ok(());
