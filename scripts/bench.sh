@@ -36,5 +36,6 @@ target=${CARGO_TARGET_DIR:-$root/target}
 export KITH_BIN=${KITH_BIN:-$target/release/kith}
 cargo build --release --bin kith-sched-bench && "$target/release/kith-sched-bench"  # scheduler place+assume figure, no server
 cargo build --release --bin kith-metrics-bench && "$target/release/kith-metrics-bench"  # one /metrics scrape of a box with 1,000 objects
+cargo build --release --bin kith-agent-bench && "$target/release/kith-agent-bench"  # pods vs runc, 50 MiB pull, memory, 100-replica Deployment (root)
 
 exec "$target/release/kith-bench" "$@"

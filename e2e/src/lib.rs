@@ -32,6 +32,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+pub mod bench;
+
 /// How long `kith up` may take to write its kubeconfig and answer `/readyz`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound for one kubectl invocation.

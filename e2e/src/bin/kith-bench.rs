@@ -31,9 +31,10 @@ use bytes::Bytes;
 use futures::TryStreamExt as _;
 use http_body_util::{BodyExt as _, Full};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kith_e2e::bench::{figure, kith_pid, mib, round, rss_bytes, Better, Figure};
 use kith_e2e::{kith_bin, Cluster};
 use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -144,65 +145,6 @@ async fn main() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------
 // Output
-
-fn round(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-/// Which direction is better, for the ratio.
-#[derive(Clone, Copy)]
-enum Better {
-    Higher,
-    Lower,
-}
-
-struct Figure<'a> {
-    name: &'a str,
-    value: f64,
-    unit: &'a str,
-    baseline: Option<(&'a str, f64)>,
-    better: Better,
-    extra: Map<String, Value>,
-}
-
-impl Figure<'_> {
-    fn print(self) {
-        let mut line = Map::new();
-        line.insert("name".into(), json!(self.name));
-        line.insert("value".into(), json!(round(self.value)));
-        line.insert("unit".into(), json!(self.unit));
-        if let Some((name, base)) = self.baseline {
-            line.insert("baseline".into(), json!(name));
-            line.insert("baseline_value".into(), json!(round(base)));
-            let ratio = match self.better {
-                Better::Higher if base > 0.0 => Some(self.value / base),
-                Better::Lower if self.value > 0.0 => Some(base / self.value),
-                _ => None,
-            };
-            line.insert(
-                "ratio".into(),
-                json!(ratio.map(|r| (r * 1000.0).round() / 1000.0)),
-            );
-        }
-        line.extend(self.extra);
-        println!("BENCH {}", Value::Object(line));
-    }
-}
-
-fn figure<'a>(name: &'a str, value: f64, unit: &'a str) -> Figure<'a> {
-    Figure {
-        name,
-        value,
-        unit,
-        baseline: None,
-        better: Better::Higher,
-        extra: Map::new(),
-    }
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
 
 fn binary_size() -> Result<()> {
     let bin = kith_bin();
@@ -664,32 +606,6 @@ async fn create_phase_etcd(args: &Args, payload: &Arc<str>, bin: &Path) -> Resul
 // ---------------------------------------------------------------------------------------
 // Figures 2 and 3: idle memory with 10k objects, watch fan-out
 
-/// The pid of the `kith up` serving `data_dir` (the harness keeps its child private).
-fn kith_pid(data_dir: &Path) -> Result<u32> {
-    let want = data_dir.as_os_str().as_encoded_bytes();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1) == Some(&&b"up"[..]) && args.contains(&want) {
-            return Ok(pid);
-        }
-    }
-    bail!(
-        "no `kith up --data-dir {}` process found",
-        data_dir.display()
-    )
-}
-
 /// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
 fn cpu_time(pid: &str) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -727,21 +643,6 @@ impl CpuUse {
         let client = (cpu_time("self")? - self.client).as_secs_f64() / wall;
         Ok((server, client))
     }
-}
-
-/// VmRSS of a process, in bytes.
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("bad VmRSS line")?
-        .parse()?;
-    Ok(kib * 1024)
 }
 
 async fn memory_and_fanout(args: &Args, payload: &Arc<str>) -> Result<()> {
