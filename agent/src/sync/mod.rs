@@ -77,6 +77,10 @@ pub struct Agent<I, R, N> {
     network: N,
     memos: Mutex<HashMap<String, Memo>>,
     busy: Mutex<HashSet<String>>,
+    /// Pods that changed while their task was running: looked at again right after it.
+    rerun: Mutex<HashSet<String>>,
+    /// Wakes the loop before its next tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn reference(pod: &Pod) -> ObjectReference {
@@ -177,6 +181,8 @@ where
             network,
             memos: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashSet::new()),
+            rerun: Mutex::new(HashSet::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -205,7 +211,7 @@ where
         let pods: Api<Pod> = Api::all(self.client.clone());
         let selector = format!("spec.nodeName={}", self.cfg.node_name);
         let (store, writer) = reflector::store();
-        let changed = Arc::new(tokio::sync::Notify::new());
+        let changed = self.wake.clone();
         let notify = changed.clone();
         let stream = reflector::reflector(
             writer,
@@ -279,6 +285,7 @@ where
         }
         for uid in uids {
             if !self.busy.lock().expect("busy lock").insert(uid.clone()) {
+                self.rerun.lock().expect("rerun lock").insert(uid);
                 continue;
             }
             let agent = self.clone();
@@ -288,6 +295,9 @@ where
             tokio::spawn(async move {
                 agent.sync_pod(&uid, pod.as_deref(), attempts, net).await;
                 agent.busy.lock().expect("busy lock").remove(&uid);
+                if agent.rerun.lock().expect("rerun lock").remove(&uid) {
+                    agent.wake.notify_one();
+                }
             });
         }
     }
