@@ -372,7 +372,7 @@ mod tests {
             })
         );
         assert!(matches!(
-            render_nodes(Some("other"), &[n.clone()]),
+            render_nodes(Some("other"), std::slice::from_ref(&n)),
             Err(ApiError::NotFound(_))
         ));
         let all = render_nodes(None, &[n]).unwrap();

@@ -133,12 +133,12 @@ pub fn read_node(data_dir: &Path) -> NodeReading {
     let (memory_total_bytes, memory_available_bytes) =
         parse_meminfo(&read("/proc/meminfo")).unwrap_or((0, 0));
     let filesystem = nix::sys::statvfs::statvfs(data_dir).ok().map(|fs| {
-        let block = fs.fragment_size() as u64;
+        let block = fs.fragment_size();
         Filesystem {
             mountpoint: data_dir.display().to_string(),
-            size_bytes: fs.blocks() as u64 * block,
-            avail_bytes: fs.blocks_available() as u64 * block,
-            free_bytes: fs.blocks_free() as u64 * block,
+            size_bytes: fs.blocks() * block,
+            avail_bytes: fs.blocks_available() * block,
+            free_bytes: fs.blocks_free() * block,
         }
     });
     NodeReading {
@@ -168,9 +168,12 @@ Inter-|   Receive                                                |  Transmit
   eth0: 9876543    2000    0    0    0     0          0         0   543210    1500    0    0    0     0       0          0
 ";
 
+    /// (interface, rx, tx)
+    type Counters<'a> = Vec<(&'a str, u64, u64)>;
+
     #[test]
     fn net_dev_table() {
-        let cases: Vec<(&str, Vec<(&str, u64, u64)>)> = vec![
+        let cases: Vec<(&str, Counters)> = vec![
             (NET_DEV, vec![("eth0", 9876543, 543210)]),
             ("", vec![]),
             // only loopback: a pod without network (hostNetwork is not read this way)
