@@ -370,7 +370,9 @@ mod tests {
                 "batch",
                 "coordination.k8s.io",
                 "events.k8s.io",
-                "discovery.k8s.io"
+                "discovery.k8s.io",
+                // served from the agents' readings (node_metrics), last
+                "metrics.k8s.io",
             ]
         );
         let apps = &groups["groups"][0];
@@ -413,7 +415,9 @@ mod tests {
             (&json!("autoscaling"), &json!("v1"), &json!("Scale"))
         );
         assert!(api_resource_list("apps", "v1beta1").is_none());
-        assert!(api_resource_list("metrics.k8s.io", "v1beta1").is_none());
+        assert!(api_resource_list("metrics.k8s.io", "v1").is_none());
+        let metrics = api_resource_list("metrics.k8s.io", "v1beta1").unwrap();
+        assert_eq!(find(&metrics, "pods")["kind"], "PodMetrics");
     }
 
     #[test]
@@ -463,7 +467,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(count, KINDS.len());
+        // every kind, plus metrics.k8s.io's nodes and pods
+        assert_eq!(count, KINDS.len() + 2);
         let deploy = named["items"][0]["versions"][0]["resources"]
             .as_array()
             .unwrap()
