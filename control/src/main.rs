@@ -139,6 +139,7 @@ impl Command {
             Command::Agent { .. } => "kith agent",
             Command::Shim { .. } => "kith shim",
             Command::Image { .. } => "kith image import",
+            Command::Usage { .. } => "kith usage",
             Command::Token { .. } => "kith token create",
         }
     }
@@ -173,7 +174,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // A one-shot command's output is its result; progress logs are for the long-running ones.
     let default_filter = match cli.command {
-        Command::Image { .. } | Command::Token { .. } => "warn",
+        Command::Image { .. } | Command::Token { .. } | Command::Usage { .. } => "warn",
         Command::Up { .. } | Command::Agent { .. } | Command::Shim { .. } => "info,openraft=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
