@@ -17,4 +17,5 @@ pub mod run;
 pub mod runtime;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod sync;

@@ -5,6 +5,7 @@
 //! ```text
 //!  read_node ─► node_object ─► register ─► wait for spec.podCIDR
 //!        ├─ heartbeat_loop (Lease, conditions)
+//!        ├─ stats::Stats::run (samples containers and the box; meter) + pod start latency
 //!        └─ sync::Agent::run (RegistryImageStore, LibcontainerRuntime, BridgeNetwork)
 //! ```
 
@@ -23,6 +24,7 @@ use crate::node::{self, NodeConfig};
 use crate::runtime::{ContainerRuntime, LibcontainerRuntime, RuntimeConfig};
 use crate::server::LocalNode;
 use crate::spec::NodeAllocatable;
+use crate::stats::Stats;
 use crate::sync::{Agent, SyncConfig};
 
 /// The agent's own parent cgroup; every container's cgroup sits below it.
@@ -66,6 +68,12 @@ impl AgentOptions {
         ))
     }
 
+    /// This box's resource readings and meter: made before the agent runs so the API
+    /// server can serve them (metrics.k8s.io, /metrics); [`run`] keeps them current.
+    pub fn stats(&self) -> Arc<Stats> {
+        Stats::new(&self.node_name, &self.data_dir, CGROUP_ROOT)
+    }
+
     /// How the API server reaches this agent when both run in one process.
     pub fn local_node(&self) -> LocalNode<LibcontainerRuntime> {
         LocalNode::new(
@@ -81,6 +89,7 @@ impl AgentOptions {
 pub async fn run(
     client: Client,
     opts: AgentOptions,
+    stats: Arc<Stats>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(|source| node::Error::Read {
@@ -103,6 +112,18 @@ pub async fn run(
                 .await
         })
     };
+
+    // Sampling needs only the runtime's state directories, not the network or the API.
+    let sampler = {
+        let stats = Arc::clone(&stats);
+        let runtime = opts.runtime();
+        tokio::spawn(async move { stats.run(&runtime, std::future::pending()).await })
+    };
+    let pod_starts = tokio::spawn(crate::stats::pod_start::watch(
+        client.clone(),
+        opts.node_name.clone(),
+        Arc::clone(&stats),
+    ));
 
     let pod_cidr = wait_for_pod_cidr(&client, &opts.node_name).await?;
     let mut bridge = BridgeConfig::new(opts.data_dir.clone(), pod_cidr);
@@ -130,6 +151,11 @@ pub async fn run(
     tracing::info!(node = %opts.node_name, %pod_cidr, "agent running");
     Arc::clone(&agent).run(shutdown).await;
     heartbeat.abort();
+    sampler.abort();
+    pod_starts.abort();
+    if let Err(e) = stats.save() {
+        tracing::warn!(error = %e, "saving the meter");
+    }
     Ok(())
 }
 

@@ -101,6 +101,7 @@ pub fn api_group_list() -> Value {
             let preferred = versions.first().cloned().unwrap_or(Value::Null);
             json!({"name": group, "versions": versions, "preferredVersion": preferred})
         })
+        .chain([crate::node_metrics::api_group()])
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
@@ -108,6 +109,9 @@ pub fn api_group_list() -> Value {
 /// `GET /api/v1` or `GET /apis/<group>/<version>`: an `APIResourceList`, or `None` when
 /// the group-version is not served (the caller answers 404).
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (crate::node_metrics::GROUP, crate::node_metrics::VERSION) {
+        return Some(crate::node_metrics::resource_list());
+    }
     let kinds: Vec<&Kind> = KINDS
         .iter()
         .filter(|k| k.group == group && k.version == version)
@@ -197,6 +201,10 @@ pub fn aggregated(core: bool) -> Value {
             json!({"name": group})
         };
         items.push(json!({"metadata": metadata, "versions": versions}));
+    }
+    if !core {
+        // Served from the agents' readings, not the kinds registry.
+        items.push(crate::node_metrics::aggregated_group());
     }
     json!({
         "kind": "APIGroupDiscoveryList",
@@ -362,7 +370,9 @@ mod tests {
                 "batch",
                 "coordination.k8s.io",
                 "events.k8s.io",
-                "discovery.k8s.io"
+                "discovery.k8s.io",
+                // served from the agents' readings (node_metrics), last
+                "metrics.k8s.io",
             ]
         );
         let apps = &groups["groups"][0];
@@ -405,7 +415,9 @@ mod tests {
             (&json!("autoscaling"), &json!("v1"), &json!("Scale"))
         );
         assert!(api_resource_list("apps", "v1beta1").is_none());
-        assert!(api_resource_list("metrics.k8s.io", "v1beta1").is_none());
+        assert!(api_resource_list("metrics.k8s.io", "v1").is_none());
+        let metrics = api_resource_list("metrics.k8s.io", "v1beta1").unwrap();
+        assert_eq!(find(&metrics, "pods")["kind"], "PodMetrics");
     }
 
     #[test]
@@ -455,7 +467,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(count, KINDS.len());
+        // every kind, plus metrics.k8s.io's nodes and pods
+        assert_eq!(count, KINDS.len() + 2);
         let deploy = named["items"][0]["versions"][0]["resources"]
             .as_array()
             .unwrap()

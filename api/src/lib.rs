@@ -13,6 +13,7 @@ pub mod handler;
 pub mod join;
 pub mod kinds;
 pub mod metrics;
+pub mod node_metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;

@@ -62,6 +62,8 @@ pub struct ApiService<S> {
     nodes: std::sync::OnceLock<Arc<dyn crate::nodes::NodeConnector>>,
     /// Serves `/cacerts` and `/kith/v1/join` when set.
     joiner: std::sync::OnceLock<Arc<dyn crate::join::Joiner>>,
+    /// Where `metrics.k8s.io` (kubectl top) gets resource use; set once agents exist.
+    node_stats: std::sync::OnceLock<Arc<dyn crate::node_metrics::NodeStatsSource>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
@@ -78,6 +80,7 @@ impl<S: ObjectStore> ApiService<S> {
             metrics,
             nodes: std::sync::OnceLock::new(),
             joiner: std::sync::OnceLock::new(),
+            node_stats: std::sync::OnceLock::new(),
         })
     }
 
@@ -121,6 +124,26 @@ impl<S: ObjectStore> ApiService<S> {
     /// Route `pods/log` to `nodes` from now on (a second call is ignored).
     pub fn set_node_connector(&self, nodes: Arc<dyn crate::nodes::NodeConnector>) {
         let _ = self.nodes.set(nodes);
+    }
+
+    /// Answer `metrics.k8s.io` from `stats` from now on (a second call is ignored).
+    pub fn set_node_stats(&self, stats: Arc<dyn crate::node_metrics::NodeStatsSource>) {
+        let _ = self.node_stats.set(stats);
+    }
+
+    /// `GET /apis/metrics.k8s.io/v1beta1/...` (kubectl top).
+    async fn node_metrics(
+        &self,
+        route: &crate::node_metrics::MetricsRoute,
+        query: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        crate::node_metrics::check_query(query)?;
+        let source = self
+            .node_stats
+            .get()
+            .ok_or_else(|| ApiError::Unavailable("no node reports resource metrics yet".into()))?;
+        let body = crate::node_metrics::serve(route, source.as_ref()).await?;
+        Ok(json_response(StatusCode::OK, &body, &[]))
     }
 
     /// `GET pods/{name}/log`: the pod says which node and container; the node streams.
@@ -258,6 +281,20 @@ impl<S: ObjectStore> ApiService<S> {
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             return Ok(r);
+        }
+        if let Some(m) = crate::node_metrics::route(&path) {
+            if req.method() != Method::GET {
+                return Err(ApiError::MethodNotAllowed {
+                    target: crate::error::Target {
+                        group: crate::node_metrics::GROUP.into(),
+                        resource: path.rsplit('/').next().unwrap_or_default().into(),
+                        kind: String::new(),
+                        name: String::new(),
+                    },
+                    verb: req.method().as_str().to_ascii_lowercase(),
+                });
+            }
+            return self.node_metrics(&m?, req.uri().query()).await;
         }
         let r = r?;
         match r {

@@ -85,6 +85,15 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// What each namespace and node used (CPU, memory over time, network), from the meter
+    /// the agent keeps under --data-dir; totals survive restarts.
+    Usage {
+        #[arg(long, default_value = "/var/lib/kith")]
+        data_dir: PathBuf,
+        /// Only the hours since this long ago, e.g. 30m, 24h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Join tokens for agents and control boxes.
     Token {
         #[command(subcommand)]
@@ -130,6 +139,7 @@ impl Command {
             Command::Agent { .. } => "kith agent",
             Command::Shim { .. } => "kith shim",
             Command::Image { .. } => "kith image import",
+            Command::Usage { .. } => "kith usage",
             Command::Token { .. } => "kith token create",
         }
     }
@@ -164,7 +174,7 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // A one-shot command's output is its result; progress logs are for the long-running ones.
     let default_filter = match cli.command {
-        Command::Image { .. } | Command::Token { .. } => "warn",
+        Command::Image { .. } | Command::Token { .. } | Command::Usage { .. } => "warn",
         Command::Up { .. } | Command::Agent { .. } | Command::Shim { .. } => "info,openraft=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
@@ -288,9 +298,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("joined {server} as node {node_name}");
                 }
                 let client = client_from_kubeconfig(&kubeconfig).await?;
-                kith_agent::run::run(client, opts, shutdown_signal()).await?;
+                // Sampled and metered here (`kith usage --data-dir`); not yet served to
+                // the control plane's metrics.k8s.io.
+                let stats = opts.stats();
+                kith_agent::run::run(client, opts, stats, shutdown_signal()).await?;
                 Ok(())
             })
+        }
+        Command::Usage { data_dir, since } => {
+            let since = match since {
+                Some(s) => {
+                    let back = kith_control::pki::parse_ttl(&s).context("--since")?;
+                    Some(jiff::Timestamp::now() - jiff::SignedDuration::try_from(back)?)
+                }
+                None => None,
+            };
+            // `kith up` keeps its agent under DATA_DIR/agent; `kith agent` uses DATA_DIR.
+            let file = kith_agent::stats::metering::FILE;
+            let path = [data_dir.join("agent").join(file), data_dir.join(file)]
+                .into_iter()
+                .find(|p| p.exists())
+                .unwrap_or_else(|| data_dir.join("agent").join(file));
+            let meter = kith_agent::stats::metering::Meter::load(&path)?.with_context(|| {
+                format!("no meter at {} (has an agent run here?)", path.display())
+            })?;
+            print!(
+                "{}",
+                kith_agent::stats::metering::usage_tables(&meter, since)
+            );
+            Ok(())
         }
         Command::Token {
             command:

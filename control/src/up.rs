@@ -190,6 +190,11 @@ pub async fn run(
     let auth = Authenticator::new(pki.tokens());
     let mut metrics = Metrics::new();
     crate::metrics::register(&mut metrics, store.clone());
+    // The agent's series are served by the same /metrics, as the agent runs in-process.
+    let stats = cfg.agent.as_ref().map(|a| a.stats());
+    if let Some(stats) = &stats {
+        stats.register(metrics.registry_mut());
+    }
     let leader_watch = crate::metrics::spawn_leader_watch(&store);
     let service = ApiService::with_metrics(api.clone(), auth, Arc::new(metrics));
     let client = crate::client::in_process(service.clone(), system_user());
@@ -201,8 +206,9 @@ pub async fn run(
     service.set_joiner(pki.clone());
     let mut controllers = controllers::spawn_all(client, api.clone(), cfg.cluster_cidr);
     controllers.spawn(keep_kubernetes_service(api.clone(), service_objects));
-    if let Some(agent) = cfg.agent.clone() {
+    if let (Some(agent), Some(stats)) = (cfg.agent.clone(), stats.clone()) {
         service.set_node_connector(Arc::new(agent.local_node()));
+        service.set_node_stats(stats.clone());
         let node_user = User::new(
             format!("system:node:{}", agent.node_name),
             ["system:nodes", MASTERS_GROUP],
@@ -210,7 +216,8 @@ pub async fn run(
         let client = crate::client::in_process(service.clone(), node_user);
         controllers.spawn(async move {
             // Runs until the controllers are aborted at shutdown; containers keep running.
-            if let Err(e) = kith_agent::run::run(client, agent, std::future::pending()).await {
+            if let Err(e) = kith_agent::run::run(client, agent, stats, std::future::pending()).await
+            {
                 tracing::error!(error = %e, "the agent stopped");
             }
         });
@@ -225,6 +232,12 @@ pub async fn run(
     let _ = stop_tx.send(());
     controllers.abort_all();
     leader_watch.abort();
+    // The agent task was aborted: keep what was metered since its last periodic save.
+    if let Some(stats) = &stats {
+        if let Err(e) = stats.save() {
+            tracing::warn!(error = %e, "saving the meter");
+        }
+    }
     let _ = server.await;
     if let Err(e) = store.shutdown().await {
         tracing::warn!(error = %e, "store shutdown");
