@@ -62,6 +62,8 @@ pub struct ApiService<S> {
     nodes: std::sync::OnceLock<Arc<dyn crate::nodes::NodeConnector>>,
     /// Serves `/cacerts` and `/kith/v1/join` when set.
     joiner: std::sync::OnceLock<Arc<dyn crate::join::Joiner>>,
+    /// How `pods/exec` reaches the agents; set once they exist.
+    exec: std::sync::OnceLock<Arc<dyn crate::exec::NodeExec>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
@@ -78,6 +80,7 @@ impl<S: ObjectStore> ApiService<S> {
             metrics,
             nodes: std::sync::OnceLock::new(),
             joiner: std::sync::OnceLock::new(),
+            exec: std::sync::OnceLock::new(),
         })
     }
 
@@ -121,6 +124,79 @@ impl<S: ObjectStore> ApiService<S> {
     /// Route `pods/log` to `nodes` from now on (a second call is ignored).
     pub fn set_node_connector(&self, nodes: Arc<dyn crate::nodes::NodeConnector>) {
         let _ = self.nodes.set(nodes);
+    }
+
+    /// Route `pods/exec` to `exec` from now on (a second call is ignored).
+    pub fn set_node_exec(&self, exec: Arc<dyn crate::exec::NodeExec>) {
+        let _ = self.exec.set(exec);
+    }
+
+    /// `GET|POST pods/{name}/exec`: every error is answered before the websocket upgrade;
+    /// after it, [`crate::exec::pump`] carries the session.
+    async fn pod_exec<B>(
+        &self,
+        mut req: Request<B>,
+        r: &ResourceRoute,
+    ) -> Result<Response<Body>, ApiError> {
+        use crate::exec;
+        if r.subresource.as_deref() == Some("attach") {
+            // The shim owns the main process's stdio and offers no way to join it yet.
+            return Err(ApiError::BadRequest(
+                "attach is not supported by kith nodes yet; use exec".into(),
+            ));
+        }
+        let q = exec::ExecQuery::parse(req.uri().query().unwrap_or_default(), false)?;
+        let name = r.name.as_deref().unwrap_or_default();
+        let pod = self
+            .api
+            .get_object(
+                r.kind,
+                r.namespace.as_deref(),
+                name,
+                crate::store::ReadMode::Linearizable,
+            )
+            .await?;
+        let target = exec::exec_target(&pod, &q)?;
+        let (proto, accept) = exec::handshake(req.headers())?;
+        let on_upgrade = req
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
+        let nodes = self.exec.get().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "the node {} of pod {name} can not be reached for exec",
+                target.pod.node
+            ))
+        })?;
+        let streams = nodes.exec(target).await?;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        hyper_util::rt::TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    exec::pump(ws, proto, streams, &q).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+            }
+        });
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(proto.as_str()),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        Ok(resp)
     }
 
     /// `GET pods/{name}/log`: the pod says which node and container; the node streams.
@@ -331,6 +407,14 @@ impl<S: ObjectStore> ApiService<S> {
                     && req.method() == Method::GET =>
             {
                 self.pod_logs(&rr, req.uri().query()).await
+            }
+            Route::Resource(rr)
+                if rr.kind.plural == "pods"
+                    && rr.kind.group.is_empty()
+                    && matches!(rr.subresource.as_deref(), Some("exec" | "attach"))
+                    && (req.method() == Method::GET || req.method() == Method::POST) =>
+            {
+                self.pod_exec(req, &rr).await
             }
             Route::Resource(rr) => self.resource(req, rr, accept.as_deref(), &user).await,
         }

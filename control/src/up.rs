@@ -203,6 +203,7 @@ pub async fn run(
     controllers.spawn(keep_kubernetes_service(api.clone(), service_objects));
     if let Some(agent) = cfg.agent.clone() {
         service.set_node_connector(Arc::new(agent.local_node()));
+        service.set_node_exec(Arc::new(agent.local_node()));
         let node_user = User::new(
             format!("system:node:{}", agent.node_name),
             ["system:nodes", MASTERS_GROUP],
