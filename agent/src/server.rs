@@ -93,24 +93,46 @@ fn exec_error(e: RuntimeError) -> ApiError {
     }
 }
 
+impl<R: ContainerRuntime + 'static> LocalNode<R> {
+    /// The running attempt an exec goes to, or the 400 saying why there is none.
+    async fn exec_key(&self, target: &ExecTarget) -> Result<ContainerKey, ApiError> {
+        let all = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| ApiError::Internal(format!("listing containers: {e}")))?;
+        let t = &target.pod;
+        running_attempt(&all, &t.uid, &t.container).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "container {} is not running in pod {}",
+                t.container, t.pod
+            ))
+        })
+    }
+}
+
 impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
+    fn check(
+        &self,
+        target: &ExecTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>> {
+        let target = target.clone();
+        Box::pin(async move {
+            // The runtime's exec has no terminal yet (it answers Unsupported); say so before
+            // the upgrade rather than after kubectl's SPDY retry.
+            if target.tty {
+                return Err(exec_error(RuntimeError::Unsupported("exec with a tty")));
+            }
+            self.exec_key(&target).await.map(drop)
+        })
+    }
+
     fn exec(
         &self,
         target: ExecTarget,
     ) -> Pin<Box<dyn Future<Output = Result<ExecStreams, ApiError>> + Send + '_>> {
         Box::pin(async move {
-            let all = self
-                .runtime
-                .list()
-                .await
-                .map_err(|e| ApiError::Internal(format!("listing containers: {e}")))?;
-            let t = &target.pod;
-            let key = running_attempt(&all, &t.uid, &t.container).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "container {} is not running in pod {}",
-                    t.container, t.pod
-                ))
-            })?;
+            let key = self.exec_key(&target).await?;
             let session = self
                 .runtime
                 .exec(

@@ -128,6 +128,13 @@ pub struct ExecStreams {
 
 /// How the API server starts processes in containers on the node a pod runs on.
 pub trait NodeExec: Send + Sync + 'static {
+    /// Whether `target` could be started now, without starting anything. kubectl retries a
+    /// failed websocket upgrade with SPDY, which is not spoken here: this is how that second
+    /// request still answers with the reason the first one failed.
+    fn check(
+        &self,
+        target: &ExecTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>>;
     /// Starts `target.command`; errors are already the Status to answer with.
     fn exec(
         &self,

@@ -157,17 +157,18 @@ impl<S: ObjectStore> ApiService<S> {
             )
             .await?;
         let target = exec::exec_target(&pod, &q)?;
-        let (proto, accept) = exec::handshake(req.headers())?;
-        let on_upgrade = req
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
         let nodes = self.exec.get().ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "the node {} of pod {name} can not be reached for exec",
                 target.pod.node
             ))
         })?;
+        nodes.check(&target).await?;
+        let (proto, accept) = exec::handshake(req.headers())?;
+        let on_upgrade = req
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
         let streams = nodes.exec(target).await?;
         tokio::spawn(async move {
             match on_upgrade.await {
