@@ -617,6 +617,118 @@ mod tests {
         }
     }
 
+    /// The next binary message, or None at the websocket close.
+    async fn next<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Option<Bytes> {
+        loop {
+            match ws.next().await.expect("message").expect("websocket") {
+                Message::Binary(b) => return Some(b),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// One whole session over an in-memory connection: stdin reaches the process and is
+    /// closed by the v5 close message, output comes back on its channels, then the exit
+    /// Status and a websocket close.
+    #[tokio::test]
+    async fn pump_session() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let (stdin_w, mut stdin_r) = tokio::io::duplex(1024);
+        let (mut stdout_w, stdout_r) = tokio::io::duplex(1024);
+        let (stderr_w, stderr_r) = tokio::io::duplex(1024);
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<i32>();
+        let streams = ExecStreams {
+            stdin: Some(Box::pin(stdin_w)),
+            stdout: Box::pin(stdout_r),
+            stderr: Box::pin(stderr_r),
+            exit_code: Box::pin(async move { exit_rx.await.map_err(|e| e.to_string()) }),
+        };
+        let q = ExecQuery {
+            command: vec!["cat".into()],
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let server = tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            pump(ws, Protocol::V5, streams, &q).await;
+        });
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        assert_eq!(next(&mut client).await.as_deref(), Some(&[STDOUT][..]));
+
+        client
+            .send(Message::Binary(encode(STDIN, b"abc")))
+            .await
+            .unwrap();
+        client
+            .send(Message::Binary(Bytes::from_static(&[CLOSE, STDIN])))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        stdin_r.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"abc", "stdin, then its end");
+
+        stdout_w.write_all(b"hello").await.unwrap();
+        assert_eq!(next(&mut client).await.as_deref(), Some(&b"\x01hello"[..]));
+        drop(stdout_w);
+        drop(stderr_w);
+        exit_tx.send(3).unwrap();
+        let status = next(&mut client).await.expect("the error channel");
+        assert_eq!(status[0], ERROR);
+        let status: Value = serde_json::from_slice(&status[1..]).unwrap();
+        assert_eq!(status, exit_status(3, &["cat".into()]));
+        assert_eq!(next(&mut client).await, None, "then a websocket close");
+        drop(client);
+        server.await.unwrap();
+    }
+
+    /// A client that goes away ends the session and drops the process's streams (which is
+    /// what stops the process) although the process has not exited.
+    #[tokio::test]
+    async fn pump_ends_when_the_client_goes_away() {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let (_stdout_w, stdout_r) = tokio::io::duplex(1024);
+        let (_stderr_w, stderr_r) = tokio::io::duplex(1024);
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        struct OnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.take().map(|tx| tx.send(()));
+            }
+        }
+        let guard = OnDrop(Some(dropped_tx));
+        let streams = ExecStreams {
+            stdin: None,
+            stdout: Box::pin(stdout_r),
+            stderr: Box::pin(stderr_r),
+            exit_code: Box::pin(async move {
+                let _guard = guard;
+                std::future::pending::<Result<i32, String>>().await
+            }),
+        };
+        let q = ExecQuery {
+            command: vec!["sleep".into()],
+            stdout: true,
+            ..Default::default()
+        };
+        let server = tokio::spawn(async move {
+            let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            pump(ws, Protocol::V4, streams, &q).await;
+        });
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        assert_eq!(next(&mut client).await.as_deref(), Some(&[STDOUT][..]));
+        drop(client);
+        tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the pump ends")
+            .unwrap();
+        dropped_rx.await.expect("the exit future was dropped");
+    }
+
     #[test]
     fn target_table() {
         let pod = |phase: &str| {
