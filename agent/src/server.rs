@@ -96,6 +96,13 @@ fn exec_error(e: RuntimeError) -> ApiError {
 impl<R: ContainerRuntime + 'static> LocalNode<R> {
     /// The running attempt an exec goes to, or the 400 saying why there is none.
     async fn exec_key(&self, target: &ExecTarget) -> Result<ContainerKey, ApiError> {
+        if target.pod.node != self.node {
+            // As for logs: agents on other boxes are not reachable from here yet.
+            return Err(ApiError::BadRequest(format!(
+                "exec in pods on node {} can not be served by this API server yet (only node {}'s)",
+                target.pod.node, self.node
+            )));
+        }
         let all = self
             .runtime
             .list()
