@@ -1,10 +1,16 @@
-//! What the API server asks of this box, answered from the agent's own files: `pods/log`.
+//! What the API server asks of this box, answered from the agent's own files and runtime:
+//! `pods/log` and `pods/exec`.
 //!
 //! ```text
 //!  kith_api::nodes::NodeConnector::logs(target, query)
 //!        │ <root>/logs/<ns>_<pod>_<uid>/<container>/<attempt>.log  (newest, or the one before)
 //!        ▼
 //!  runtime::logs::read / follow (until the attempt exits) ─► byte stream
+//!
+//!  kith_api::exec::NodeExec::exec(target)
+//!        │ the newest Running attempt of the container (runtime.list())
+//!        ▼
+//!  ContainerRuntime::exec ─► stdin / stdout / stderr / exit code
 //! ```
 //! In a one-box `kith up` the API server calls this in-process.
 
@@ -16,10 +22,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kith_api::error::ApiError;
+use kith_api::exec::{ExecStreams, ExecTarget, NodeExec};
 use kith_api::nodes::{ByteStream, LogQuery, LogTarget, NodeConnector};
 
 use crate::runtime::logs::{self, LogOptions};
-use crate::runtime::{ContainerRuntime, ContainerState};
+use crate::runtime::{ContainerKey, ContainerRuntime, ContainerState, ExecRequest, RuntimeError};
 
 /// Serves this node's logs from `root` (the agent's data dir).
 pub struct LocalNode<R> {
@@ -54,6 +61,105 @@ impl<R: ContainerRuntime + 'static> LocalNode<R> {
             .join("logs")
             .join(format!("{}_{}_{}", t.namespace, t.pod, t.uid))
             .join(&t.container)
+    }
+}
+
+/// The running attempt of `container` of pod `uid`: the newest Running one.
+fn running_attempt(
+    all: &[crate::runtime::ContainerStatus],
+    uid: &str,
+    container: &str,
+) -> Option<ContainerKey> {
+    all.iter()
+        .filter(|s| {
+            s.key.pod_uid == uid
+                && s.key.container == container
+                && matches!(s.state, ContainerState::Running { .. })
+        })
+        .map(|s| s.key.clone())
+        .max_by_key(|k| k.attempt)
+}
+
+/// The Status for a runtime error of an exec: the caller's mistakes are 400s.
+fn exec_error(e: RuntimeError) -> ApiError {
+    match e {
+        RuntimeError::Unsupported(what) => {
+            ApiError::BadRequest(format!("{what} is not supported by this node"))
+        }
+        RuntimeError::NotFound(_) | RuntimeError::Spec(_) | RuntimeError::InvalidKey(_) => {
+            ApiError::BadRequest(e.to_string())
+        }
+        other => ApiError::Internal(format!("exec: {other}")),
+    }
+}
+
+impl<R: ContainerRuntime + 'static> LocalNode<R> {
+    /// The running attempt an exec goes to, or the 400 saying why there is none.
+    async fn exec_key(&self, target: &ExecTarget) -> Result<ContainerKey, ApiError> {
+        if target.pod.node != self.node {
+            // As for logs: agents on other boxes are not reachable from here yet.
+            return Err(ApiError::BadRequest(format!(
+                "exec in pods on node {} can not be served by this API server yet (only node {}'s)",
+                target.pod.node, self.node
+            )));
+        }
+        let all = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| ApiError::Internal(format!("listing containers: {e}")))?;
+        let t = &target.pod;
+        running_attempt(&all, &t.uid, &t.container).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "container {} is not running in pod {}",
+                t.container, t.pod
+            ))
+        })
+    }
+}
+
+impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
+    fn check(
+        &self,
+        target: &ExecTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>> {
+        let target = target.clone();
+        Box::pin(async move {
+            // The runtime's exec has no terminal yet (it answers Unsupported); say so before
+            // the upgrade rather than after kubectl's SPDY retry.
+            if target.tty {
+                return Err(exec_error(RuntimeError::Unsupported("exec with a tty")));
+            }
+            self.exec_key(&target).await.map(drop)
+        })
+    }
+
+    fn exec(
+        &self,
+        target: ExecTarget,
+    ) -> Pin<Box<dyn Future<Output = Result<ExecStreams, ApiError>> + Send + '_>> {
+        Box::pin(async move {
+            let key = self.exec_key(&target).await?;
+            let session = self
+                .runtime
+                .exec(
+                    &key,
+                    ExecRequest {
+                        command: target.command,
+                        tty: target.tty,
+                        stdin: target.stdin,
+                    },
+                )
+                .await
+                .map_err(exec_error)?;
+            let exit_code = session.exit_code;
+            Ok(ExecStreams {
+                stdin: session.stdin,
+                stdout: session.stdout,
+                stderr: session.stderr,
+                exit_code: Box::pin(async move { exit_code.await.map_err(|e| e.to_string()) }),
+            })
+        })
     }
 }
 
@@ -153,5 +259,89 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
             };
             Ok(Box::pin(logs::follow(path, opts, done)) as ByteStream)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{ContainerStatus, ExitReason};
+
+    fn status(uid: &str, container: &str, attempt: u32, running: bool) -> ContainerStatus {
+        let now = jiff::Timestamp::now();
+        ContainerStatus {
+            key: ContainerKey {
+                pod_uid: uid.into(),
+                container: container.into(),
+                attempt,
+            },
+            state: if running {
+                ContainerState::Running {
+                    pid: 1,
+                    started_at: now,
+                }
+            } else {
+                ContainerState::Exited {
+                    exit_code: 1,
+                    signal: None,
+                    reason: ExitReason::Error,
+                    message: None,
+                    started_at: None,
+                    finished_at: now,
+                }
+            },
+            image_rootfs: PathBuf::new(),
+            log_path: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn running_attempt_table() {
+        let cases: Vec<(Vec<ContainerStatus>, Option<u32>)> = vec![
+            (vec![], None),
+            (vec![status("u", "c", 0, false)], None),
+            (
+                vec![status("u", "c", 0, true), status("u", "c", 1, false)],
+                Some(0),
+            ),
+            (
+                vec![
+                    status("u", "c", 2, true),
+                    status("u", "c", 1, true),
+                    status("u", "other", 5, true),
+                    status("v", "c", 7, true),
+                ],
+                Some(2),
+            ),
+        ];
+        for (all, want) in cases {
+            assert_eq!(
+                running_attempt(&all, "u", "c").map(|k| k.attempt),
+                want,
+                "{all:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn exec_errors_map_to_status() {
+        let cases: Vec<(RuntimeError, u16, &str)> = vec![
+            (
+                RuntimeError::Unsupported("exec with a tty"),
+                400,
+                "exec with a tty is not supported by this node",
+            ),
+            (
+                RuntimeError::Spec("exec needs a command".into()),
+                400,
+                "invalid spec: exec needs a command",
+            ),
+            (RuntimeError::Sys("boom".into()), 500, "exec: boom"),
+        ];
+        for (e, code, msg) in cases {
+            let api = exec_error(e);
+            assert_eq!(api.code(), code);
+            assert!(api.to_string().contains(msg), "{api}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod handler;
 pub mod join;
 pub mod kinds;

@@ -64,6 +64,8 @@ pub struct ApiService<S> {
     joiner: std::sync::OnceLock<Arc<dyn crate::join::Joiner>>,
     /// Where `metrics.k8s.io` (kubectl top) gets resource use; set once agents exist.
     node_stats: std::sync::OnceLock<Arc<dyn crate::node_metrics::NodeStatsSource>>,
+    /// How `pods/exec` reaches the agents; set once they exist.
+    exec: std::sync::OnceLock<Arc<dyn crate::exec::NodeExec>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
@@ -81,6 +83,7 @@ impl<S: ObjectStore> ApiService<S> {
             nodes: std::sync::OnceLock::new(),
             joiner: std::sync::OnceLock::new(),
             node_stats: std::sync::OnceLock::new(),
+            exec: std::sync::OnceLock::new(),
         })
     }
 
@@ -144,6 +147,80 @@ impl<S: ObjectStore> ApiService<S> {
             .ok_or_else(|| ApiError::Unavailable("no node reports resource metrics yet".into()))?;
         let body = crate::node_metrics::serve(route, source.as_ref()).await?;
         Ok(json_response(StatusCode::OK, &body, &[]))
+    }
+
+    /// Route `pods/exec` to `exec` from now on (a second call is ignored).
+    pub fn set_node_exec(&self, exec: Arc<dyn crate::exec::NodeExec>) {
+        let _ = self.exec.set(exec);
+    }
+
+    /// `GET|POST pods/{name}/exec`: every error is answered before the websocket upgrade;
+    /// after it, [`crate::exec::pump`] carries the session.
+    async fn pod_exec<B>(
+        &self,
+        mut req: Request<B>,
+        r: &ResourceRoute,
+    ) -> Result<Response<Body>, ApiError> {
+        use crate::exec;
+        if r.subresource.as_deref() == Some("attach") {
+            // The shim owns the main process's stdio and offers no way to join it yet.
+            return Err(ApiError::BadRequest(
+                "attach is not supported by kith nodes yet; use exec".into(),
+            ));
+        }
+        let q = exec::ExecQuery::parse(req.uri().query().unwrap_or_default(), false)?;
+        let name = r.name.as_deref().unwrap_or_default();
+        let pod = self
+            .api
+            .get_object(
+                r.kind,
+                r.namespace.as_deref(),
+                name,
+                crate::store::ReadMode::Linearizable,
+            )
+            .await?;
+        let target = exec::exec_target(&pod, &q)?;
+        let nodes = self.exec.get().ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "the node {} of pod {name} can not be reached for exec",
+                target.pod.node
+            ))
+        })?;
+        nodes.check(&target).await?;
+        let (proto, accept) = exec::handshake(req.headers())?;
+        let on_upgrade = req
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
+        let streams = nodes.exec(target).await?;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        hyper_util::rt::TokioIo::new(upgraded),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    exec::pump(ws, proto, streams, &q).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+            }
+        });
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(proto.as_str()),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        Ok(resp)
     }
 
     /// `GET pods/{name}/log`: the pod says which node and container; the node streams.
@@ -368,6 +445,14 @@ impl<S: ObjectStore> ApiService<S> {
                     && req.method() == Method::GET =>
             {
                 self.pod_logs(&rr, req.uri().query()).await
+            }
+            Route::Resource(rr)
+                if rr.kind.plural == "pods"
+                    && rr.kind.group.is_empty()
+                    && matches!(rr.subresource.as_deref(), Some("exec" | "attach"))
+                    && (req.method() == Method::GET || req.method() == Method::POST) =>
+            {
+                self.pod_exec(req, &rr).await
             }
             Route::Resource(rr) => self.resource(req, rr, accept.as_deref(), &user).await,
         }

@@ -209,6 +209,7 @@ pub async fn run(
     if let (Some(agent), Some(stats)) = (cfg.agent.clone(), stats.clone()) {
         service.set_node_connector(Arc::new(agent.local_node()));
         service.set_node_stats(stats.clone());
+        service.set_node_exec(Arc::new(agent.local_node()));
         let node_user = User::new(
             format!("system:node:{}", agent.node_name),
             ["system:nodes", MASTERS_GROUP],
