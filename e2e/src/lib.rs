@@ -140,15 +140,53 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    /// Unique names for one test, derived from `tag` (≤ 8 chars) and a random /16.
+    /// Unique names for one test, derived from `tag` (≤ 8 chars), and a /16 no other
+    /// live test process holds (two clusters on one /16 would route each other's pods).
     pub fn unique(tag: &str) -> AgentOptions {
-        let n: u8 = 100 + (rand_u32() % 150) as u8;
+        let n = claim_cidr_octet();
         AgentOptions {
             node_name: format!("node-{tag}"),
             cluster_cidr: format!("10.{n}.0.0/16"),
             bridge: format!("kt{}", &format!("{tag}{:05}", rand_u32() % 100_000)[..]),
         }
     }
+}
+
+/// A second octet in 100..250 for `10.N.0.0/16`, claimed with a lock file naming this
+/// process; a file whose process is gone is taken over.
+fn claim_cidr_octet() -> u8 {
+    let dir = std::env::temp_dir().join("kith-e2e-cidr");
+    let _ = std::fs::create_dir_all(&dir);
+    let me = std::process::id();
+    let start = rand_u32() % 150;
+    for i in 0..150 {
+        let n = 100 + ((start + i) % 150) as u8;
+        let path = dir.join(n.to_string());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    let _ = std::io::Write::write_all(&mut f, me.to_string().as_bytes());
+                    return n;
+                }
+                Err(_) => {
+                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = holder
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                    if alive {
+                        break;
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+    panic!("no free 10.N.0.0/16 for a test cluster (all 150 held by live test processes)")
 }
 
 fn rand_u32() -> u32 {
