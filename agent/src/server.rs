@@ -47,12 +47,7 @@ impl<R: ContainerRuntime + 'static> LocalNode<R> {
     /// Whether `attempt` of the target container is running now.
     async fn running(&self, t: &LogTarget, attempt: u32) -> bool {
         self.runtime.list().await.is_ok_and(|all| {
-            all.iter().any(|s| {
-                s.key.pod_uid == t.uid
-                    && s.key.container == t.container
-                    && s.key.attempt == attempt
-                    && matches!(s.state, ContainerState::Running { .. })
-            })
+            running_attempts(&all, &t.uid, &t.container).any(|k| k.attempt == attempt)
         })
     }
 
@@ -64,20 +59,30 @@ impl<R: ContainerRuntime + 'static> LocalNode<R> {
     }
 }
 
+/// The Running attempts of `container` of pod `uid`.
+fn running_attempts<'a>(
+    all: &'a [crate::runtime::ContainerStatus],
+    uid: &'a str,
+    container: &'a str,
+) -> impl Iterator<Item = &'a ContainerKey> {
+    all.iter()
+        .filter(move |s| {
+            s.key.pod_uid == uid
+                && s.key.container == container
+                && matches!(s.state, ContainerState::Running { .. })
+        })
+        .map(|s| &s.key)
+}
+
 /// The running attempt of `container` of pod `uid`: the newest Running one.
 fn running_attempt(
     all: &[crate::runtime::ContainerStatus],
     uid: &str,
     container: &str,
 ) -> Option<ContainerKey> {
-    all.iter()
-        .filter(|s| {
-            s.key.pod_uid == uid
-                && s.key.container == container
-                && matches!(s.state, ContainerState::Running { .. })
-        })
-        .map(|s| s.key.clone())
+    running_attempts(all, uid, container)
         .max_by_key(|k| k.attempt)
+        .cloned()
 }
 
 /// The Status for a runtime error of an exec: the caller's mistakes are 400s.

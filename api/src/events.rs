@@ -27,6 +27,15 @@ impl EventType {
     }
 }
 
+/// The involvedObject of an event about `obj`: kube's `object_ref` plus the
+/// resourceVersion the event is about, as Kubernetes' recorder sets it.
+pub fn reference<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    ObjectReference {
+        resource_version: obj.meta().resource_version.clone(),
+        ..obj.object_ref(&())
+    }
+}
+
 /// The name of the event for (object, reason, message): stable, so repeats update it.
 pub fn event_name(involved: &ObjectReference, reason: &str, message: &str) -> String {
     use std::hash::{Hash, Hasher};

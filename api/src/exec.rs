@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ApiError;
-use crate::nodes::LogTarget;
+use crate::nodes::{flag, LogTarget};
 
 /// The `PodExecOptions` / `PodAttachOptions`, as query parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,16 +43,6 @@ pub struct ExecQuery {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
-}
-
-fn flag(v: &str, name: &str) -> Result<bool, ApiError> {
-    match v {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(ApiError::BadRequest(format!(
-            "invalid value {v:?} for {name}"
-        ))),
-    }
 }
 
 impl ExecQuery {

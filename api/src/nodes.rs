@@ -35,7 +35,8 @@ pub struct LogQuery {
     pub limit_bytes: Option<i64>,
 }
 
-fn flag(v: &str, name: &str) -> Result<bool, ApiError> {
+/// A boolean query parameter as kube-apiserver reads it (a bare key means true).
+pub(crate) fn flag(v: &str, name: &str) -> Result<bool, ApiError> {
     match v {
         "" | "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),

@@ -83,22 +83,10 @@ pub struct Agent<I, R, N> {
     wake: Arc<tokio::sync::Notify>,
 }
 
-fn reference(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
-        ..Default::default()
-    }
-}
-
 fn container_ref(pod: &Pod, container: &str) -> ObjectReference {
     ObjectReference {
         field_path: Some(format!("spec.containers{{{container}}}")),
-        ..reference(pod)
+        ..events::reference(pod)
     }
 }
 
@@ -357,6 +345,7 @@ where
         };
         let decided = plan::plan(pod, &seen, &health);
         let mut net = net;
+        let acted = !decided.actions.is_empty();
         for action in decided.actions {
             self.execute(uid, pod, &mut net, &attempts, action).await;
         }
@@ -365,10 +354,14 @@ where
         if pod.metadata.deletion_timestamp.is_some() {
             return;
         }
-        // Describe what the box shows now, after the actions.
-        let after: Vec<ContainerStatus> = match self.runtime.list().await {
-            Ok(all) => all.into_iter().filter(|c| c.key.pod_uid == uid).collect(),
-            Err(_) => attempts,
+        // Describe what the box shows now: read again only if the actions changed it.
+        let after: Vec<ContainerStatus> = if acted {
+            match self.runtime.list().await {
+                Ok(all) => all.into_iter().filter(|c| c.key.pod_uid == uid).collect(),
+                Err(_) => attempts,
+            }
+        } else {
+            attempts
         };
         let refs: Vec<&ContainerStatus> = after.iter().collect();
         let seen = seen_of(&refs, net.is_some());
@@ -463,7 +456,7 @@ where
                     Err(e) => {
                         events::record(
                             &self.client,
-                            &reference(pod),
+                            &events::reference(pod),
                             EventType::Warning,
                             "FailedCreatePodSandBox",
                             &format!("Failed to create pod sandbox: {e}"),
@@ -571,6 +564,29 @@ where
         }
     }
 
+    /// A start of `container` failed: a Warning event (`event_reason`) on it, and the
+    /// waiting reason and retry back-off its status will show.
+    async fn fail(
+        &self,
+        uid: &str,
+        container: &str,
+        cref: &ObjectReference,
+        event_reason: &str,
+        status_reason: &str,
+        message: String,
+    ) {
+        events::record(
+            &self.client,
+            cref,
+            EventType::Warning,
+            event_reason,
+            &message,
+            COMPONENT,
+        )
+        .await;
+        self.note_failure(uid, container, status_reason, message);
+    }
+
     fn note_failure(&self, uid: &str, container: &str, reason: &str, message: String) {
         let mut memos = self.memos.lock().expect("memo lock");
         let memo = memos.entry(uid.to_string()).or_default();
@@ -666,16 +682,8 @@ where
             Err(e) => {
                 let reason = e.reason();
                 let message = format!("Failed to pull image \"{image}\": {e}");
-                events::record(
-                    &self.client,
-                    &cref,
-                    EventType::Warning,
-                    "Failed",
-                    &message,
-                    COMPONENT,
-                )
-                .await;
-                self.note_failure(&uid, name, reason, message);
+                self.fail(&uid, name, &cref, "Failed", reason, message)
+                    .await;
                 return;
             }
         };
@@ -708,16 +716,15 @@ where
             Ok(v) => v,
             Err(e) => {
                 let message = format!("Error: {e}");
-                events::record(
-                    &self.client,
+                self.fail(
+                    &uid,
+                    name,
                     &cref,
-                    EventType::Warning,
                     "FailedMount",
-                    &message,
-                    COMPONENT,
+                    "CreateContainerConfigError",
+                    message,
                 )
                 .await;
-                self.note_failure(&uid, name, "CreateContainerConfigError", message);
                 return;
             }
         };
@@ -788,16 +795,15 @@ where
             Ok(s) => s,
             Err(e) => {
                 let message = format!("Error: {e}");
-                events::record(
-                    &self.client,
+                self.fail(
+                    &uid,
+                    name,
                     &cref,
-                    EventType::Warning,
                     "Failed",
-                    &message,
-                    COMPONENT,
+                    "CreateContainerConfigError",
+                    message,
                 )
                 .await;
-                self.note_failure(&uid, name, "CreateContainerConfigError", message);
                 return;
             }
         };
@@ -858,16 +864,8 @@ where
             }
             Err(e) => {
                 let message = format!("Error: {e}");
-                events::record(
-                    &self.client,
-                    &cref,
-                    EventType::Warning,
-                    "Failed",
-                    &message,
-                    COMPONENT,
-                )
-                .await;
-                self.note_failure(&uid, name, "RunContainerError", message);
+                self.fail(&uid, name, &cref, "Failed", "RunContainerError", message)
+                    .await;
             }
         }
     }

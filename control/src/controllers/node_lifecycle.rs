@@ -34,7 +34,7 @@ use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::events::{record, EventType};
+use crate::events::{record, reference, EventType};
 use crate::scheduler::selectors::tolerates;
 
 /// Taint of a node the control plane has not heard from within the grace period.
@@ -324,18 +324,6 @@ fn node_ref(node: &Node) -> ObjectReference {
     }
 }
 
-fn pod_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
-        ..Default::default()
-    }
-}
-
 fn api_err(verb: &'static str, what: String) -> impl FnOnce(kube::Error) -> LifecycleError {
     move |source| LifecycleError::Api { verb, what, source }
 }
@@ -423,7 +411,7 @@ async fn evict(client: &Client, pod: &Pod) -> Result<(), LifecycleError> {
         .map_err(api_err("delete pod", format!("{ns}/{name}")))?;
     record(
         client,
-        &pod_ref(pod),
+        &reference(pod),
         EventType::Normal,
         "TaintManagerEviction",
         &format!("Marking for deletion Pod {ns}/{name}"),

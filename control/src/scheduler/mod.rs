@@ -38,7 +38,7 @@ use tokio::time::Instant;
 pub use place::{place, Unschedulable};
 pub use snapshot::Snapshot;
 
-use crate::events::{record, EventType};
+use crate::events::{record, reference, EventType};
 use crate::metrics::{self, ScheduleResult};
 
 /// The name pods ask for in `spec.schedulerName`, and the events' source.
@@ -114,18 +114,6 @@ fn cluster_fingerprint(nodes: &[Arc<Node>], pods: &[Arc<Pod>]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     parts.hash(&mut h);
     h.finish()
-}
-
-fn pod_ref(pod: &Pod) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
-        ..Default::default()
-    }
 }
 
 /// The pod's conditions with PodScheduled set to (status, reason, message); `None` when it
@@ -290,7 +278,7 @@ async fn pass(
                         let msg = format!("Successfully assigned {ns}/{name} to {node}");
                         record(
                             &client,
-                            &pod_ref(&pod),
+                            &reference(&*pod),
                             EventType::Normal,
                             "Scheduled",
                             &msg,
@@ -326,7 +314,7 @@ async fn pass(
                 tracing::debug!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
                 record(
                     client,
-                    &pod_ref(pod),
+                    &reference(&**pod),
                     EventType::Warning,
                     "FailedScheduling",
                     &message,
