@@ -735,6 +735,25 @@ pub async fn serve<S: ObjectStore>(
     service: Arc<ApiService<S>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, tls, shutdown, move |req, peer| {
+        let service = service.clone();
+        async move { service.handle(req, &peer).await }
+    })
+    .await
+}
+
+/// The TLS accept loop under every kith HTTPS server (the API, the Raft peer port): each
+/// connection is handshaken (10 s at most), its verified client certificate recorded in a
+/// [`Peer`], and its requests (HTTP/1.1 with upgrades, or HTTP/2) handed to `handle`.
+pub async fn serve_tls<H, F>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+    handle: H,
+) where
+    H: Fn(Request<hyper::body::Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
@@ -751,7 +770,7 @@ pub async fn serve<S: ObjectStore>(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = service.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -773,9 +792,8 @@ pub async fn serve<S: ObjectStore>(
                 trusted: None,
             });
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let service = service.clone();
-                let peer = peer.clone();
-                async move { Ok::<_, Infallible>(service.handle(req, &peer).await) }
+                let response = handle(req, peer.clone());
+                async move { Ok::<_, Infallible>(response.await) }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
             let builder =

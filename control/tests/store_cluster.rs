@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kith_api::store::{ObjectKey, ObjectStore, ReadMode, Resource, StoreError, WriteOp};
+use kith_api::store::{
+    ObjectKey, ObjectStore, Precondition, ReadMode, Resource, StoreError, WriteOp,
+};
 use kith_control::store::network::InProcessNetwork;
 use kith_control::store::{NodeId, RaftStore, StoreConfig};
 use openraft::BasicNode;
@@ -63,6 +65,8 @@ impl Cluster {
         let mut config = StoreConfig::new(id, addr(id), dir.path());
         // Not a region of its own.
         config.bootstrap = false;
+        // Short, so the minority test does not wait the default 10 s per refusal.
+        config.request_timeout_ms = 2_000;
         let store = RaftStore::open_with_transport(config, Arc::new(self.net.clone()))
             .await
             .expect("open node");
@@ -150,21 +154,37 @@ async fn three_nodes_replicate_and_elect_a_new_leader() {
         .keys()
         .find(|&&id| id != leader)
         .expect("a follower");
-    match c.nodes[&follower].write(create("on-follower")).await {
-        Err(StoreError::Unavailable(msg)) => {
-            assert_eq!(
-                msg,
-                format!("not the leader; leader is {leader} at {}", addr(leader))
-            );
-        }
-        other => panic!("a follower accepted a write: {other:?}"),
-    }
-    match c.nodes[&follower]
+    // A follower forwards the write to the leader and answers once it applied it itself:
+    // the writer reads its own write from the same box, even with a stale read.
+    let on_follower = c.nodes[&follower]
+        .write(create("on-follower"))
+        .await
+        .expect("a write through a follower");
+    assert!(rv(&on_follower) > rv(&written["first-19"]));
+    let seen = c.nodes[&follower]
+        .get(&key("on-follower"), ReadMode::Stale)
+        .await
+        .expect("read-your-writes on the follower");
+    assert_eq!(seen, on_follower);
+    written.insert("on-follower".into(), on_follower);
+    // A linearizable read on a follower asks the leader for the read index first.
+    let got = c.nodes[&follower]
         .get(&key("first-0"), ReadMode::Linearizable)
         .await
-    {
-        Err(StoreError::Unavailable(msg)) => assert!(msg.starts_with("not the leader"), "{msg}"),
-        other => panic!("a follower served a linearizable read: {other:?}"),
+        .expect("a linearizable read on a follower");
+    assert_eq!(got, written["first-0"]);
+    // Preconditions hold through forwarding: a stale resourceVersion is a conflict.
+    let stale = WriteOp::Update {
+        key: key("first-1"),
+        object: json!({"metadata": {"name": "first-1", "namespace": "default", "uid": "uid-first-1", "resourceVersion": "1"}}),
+        expect: Precondition {
+            resource_version: Some(1),
+            uid: None,
+        },
+    };
+    match c.nodes[&follower].write(stale).await {
+        Err(StoreError::Conflict { .. }) => {}
+        other => panic!("a stale update through a follower: {other:?}"),
     }
 
     let last = c.nodes[&leader].revision();
@@ -267,19 +287,21 @@ async fn a_late_node_catches_up_from_a_snapshot() {
     wait_metrics(&l, "purge", |m| m.purged.map(|p| p.index) >= Some(applied)).await;
 
     c.add_node(4).await;
-    l.raft()
-        .add_learner(4, BasicNode::new(addr(4)), true)
-        .await
-        .expect("add learner 4");
-    let new = c.nodes[&4].clone();
-    wait_metrics(&new, "snapshot installed on node 4", |m| {
-        m.snapshot.map(|s| s.index) >= Some(applied)
-    })
-    .await;
-    l.raft()
-        .change_membership([1, 2, 3, 4], false)
+    // Asked of a follower, which takes it to the leader: learner, caught up, voter.
+    let follower = *c
+        .nodes
+        .keys()
+        .find(|&&id| id != leader && id != 4)
+        .expect("a follower");
+    c.nodes[&follower]
+        .add_voter(4, &addr(4))
         .await
         .expect("make 4 a voter");
+    let new = c.nodes[&4].clone();
+    assert!(
+        new.metrics().snapshot.map(|s| s.index) >= Some(applied),
+        "node 4 caught up by snapshot before it became a voter"
+    );
     for i in 0..5 {
         let name = format!("after-{i}");
         let b = l.write(create(&name)).await.expect("write");
@@ -300,7 +322,51 @@ async fn a_late_node_catches_up_from_a_snapshot() {
         .voter_ids()
         .collect();
     assert_eq!(voters, vec![1, 2, 3, 4]);
+    // Adding it again changes nothing; removing it leaves the three.
+    c.nodes[&4]
+        .add_voter(4, &addr(4))
+        .await
+        .expect("idempotent");
+    l.remove_member(4).await.expect("remove 4");
+    let members: Vec<NodeId> = l.members().keys().copied().collect();
+    assert_eq!(members, vec![1, 2, 3]);
     for id in c.nodes.keys().copied().collect::<Vec<_>>() {
         c.stop(id).await;
     }
+}
+
+/// With two of three voters gone, the last one refuses writes and linearizable reads with
+/// `Unavailable` once its request timeout passes, and still serves stale reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_refuses_writes_and_linearizable_reads() {
+    let mut c = Cluster::start(&[1, 2, 3]).await;
+    let leader = c.leader().await;
+    c.nodes[&leader]
+        .write(create("before"))
+        .await
+        .expect("write");
+    c.applied_everywhere(c.nodes[&leader].revision()).await;
+    let others: Vec<NodeId> = c.nodes.keys().copied().filter(|&id| id != 3).collect();
+    for id in others {
+        c.stop(id).await;
+    }
+    let alone = c.nodes[&3].clone();
+    let started = tokio::time::Instant::now();
+    match alone.write(create("lost")).await {
+        Err(StoreError::Unavailable(msg)) => assert!(
+            msg.contains("no leader answered") || msg.contains("may still be applied"),
+            "{msg}"
+        ),
+        other => panic!("a minority accepted a write: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    match alone.get(&key("before"), ReadMode::Linearizable).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a minority served a linearizable read: {other:?}"),
+    }
+    alone
+        .get(&key("before"), ReadMode::Stale)
+        .await
+        .expect("stale reads stay local");
+    c.stop(3).await;
 }

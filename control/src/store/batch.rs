@@ -26,7 +26,9 @@ use bytes::Bytes;
 use kith_api::store::{Result, StoreError, WriteOp};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{write_error, KithRaft};
+use super::leader::{self, LeaderCall};
+use super::network::RaftTransport;
+use super::{KithRaft, NodeId};
 
 /// Most writes in one Raft entry. Also the revision stride: op `p` of the entry at log
 /// index `i` has revision `i * MAX_BATCH + p`, so the bound keeps revisions unique.
@@ -93,11 +95,19 @@ pub(crate) fn queue() -> (mpsc::Sender<Pending>, mpsc::Receiver<Pending>) {
     mpsc::channel(QUEUE)
 }
 
+/// What the proposer needs to get a batch into the log: this node, its Raft, and the way to
+/// the leader when that is another node.
+pub(crate) struct Proposer {
+    pub me: NodeId,
+    pub raft: KithRaft,
+    pub transport: Arc<dyn RaftTransport>,
+    pub timeout: Duration,
+}
+
 /// Propose queued writes in batches until every sender is gone.
 pub(crate) async fn run_proposer(
-    raft: KithRaft,
+    proposer: Proposer,
     mut queue: mpsc::Receiver<Pending>,
-    timeout: Duration,
     stats: Arc<WriteStats>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
@@ -119,25 +129,26 @@ pub(crate) async fn run_proposer(
             batch.drain(..).map(|p| (p.op, p.reply)).unzip();
         stats.record(ops.len());
         let n = ops.len();
-        let results = propose(&raft, ops, timeout).await;
+        let results = proposer.propose(ops).await;
         fan_out(results, replies, n);
     }
     tracing::debug!("write proposer stopped");
 }
 
-/// One `client_write` for the whole batch: its per-op results, or why none were applied.
-async fn propose(
-    raft: &KithRaft,
-    ops: Vec<WriteOp>,
-    timeout: Duration,
-) -> std::result::Result<Vec<Result<Bytes>>, StoreError> {
-    match tokio::time::timeout(timeout, raft.client_write(ops)).await {
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "write not committed within {}ms; it may still be applied",
-            timeout.as_millis()
-        ))),
-        Ok(Err(e)) => Err(write_error(e)),
-        Ok(Ok(resp)) => Ok(resp.data.0),
+impl Proposer {
+    /// One entry for the whole batch, appended by the leader (this node or the one it
+    /// forwards to); its per-op results once this node has applied it too, or why none
+    /// were applied.
+    async fn propose(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> std::result::Result<Vec<Result<Bytes>>, StoreError> {
+        let call = LeaderCall::Write(ops);
+        let reply = leader::call(self.me, &self.raft, &self.transport, call, self.timeout).await?;
+        let (index, results) = leader::written(reply)?;
+        // Read-your-writes through a follower: answer once this replica has the entry.
+        leader::applied(&self.raft, index, self.timeout).await?;
+        Ok(results)
     }
 }
 

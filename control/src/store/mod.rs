@@ -31,6 +31,7 @@
 //! multi-box transport joins others through the same `network::RaftTransport` seam.
 
 pub mod batch;
+pub mod leader;
 pub mod log;
 pub mod network;
 pub mod sm;
@@ -57,7 +58,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use self::batch::{Pending, WriteCounters, WriteStats};
+use self::batch::{Pending, Proposer, WriteCounters, WriteStats};
+use self::leader::{LeaderCall, LeaderReply};
 use self::log::{LogStats, LogStore};
 use self::network::{InProcessNetwork, Network, RaftTransport};
 use self::sm::{SnapshotStats, StateMachine};
@@ -192,6 +194,8 @@ pub enum StoreOpenError {
 pub struct RaftStore {
     node_id: NodeId,
     raft: KithRaft,
+    /// How calls reach the leader when it is another node.
+    transport: Arc<dyn RaftTransport>,
     shared: Arc<Shared>,
     stats: Arc<LogStats>,
     /// Set once each redb file is closed; shutdown waits for them so the same directory
@@ -234,7 +238,7 @@ impl RaftStore {
         let raft = KithRaft::new(
             config.node_id,
             raft_config,
-            Network::new(config.node_id, transport),
+            Network::new(config.node_id, transport.clone()),
             log,
             sm,
         )
@@ -245,14 +249,19 @@ impl RaftStore {
         let write_stats = Arc::new(WriteStats::default());
         let (proposals, queue) = batch::queue();
         let proposer = tokio::spawn(batch::run_proposer(
-            raft.clone(),
+            Proposer {
+                me: config.node_id,
+                raft: raft.clone(),
+                transport: transport.clone(),
+                timeout: request_timeout,
+            },
             queue,
-            request_timeout,
             write_stats.clone(),
         ));
         let store = Arc::new(RaftStore {
             node_id: config.node_id,
             raft,
+            transport,
             shared,
             stats,
             closed,
@@ -391,20 +400,71 @@ impl RaftStore {
         self.write_stats.counters()
     }
 
+    /// Make a linearizable read safe on this node: the leader confirms its leadership with
+    /// a quorum and names the index to read at; this node waits until it applied it.
     async fn read_barrier(&self, mode: ReadMode) -> Result<()> {
         if mode == ReadMode::Stale {
             return Ok(());
         }
-        match tokio::time::timeout(self.request_timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "could not confirm leadership within {}ms",
-                self.request_timeout.as_millis()
+        let reply = self
+            .call_leader(LeaderCall::ReadIndex, self.request_timeout)
+            .await?;
+        match reply {
+            LeaderReply::ReadIndex(index) => {
+                leader::applied(&self.raft, index, self.request_timeout).await
+            }
+            LeaderReply::Failed(e) => Err(e),
+            other => Err(StoreError::Internal(format!(
+                "the leader answered a read index with {other:?}"
             ))),
-            Ok(Err(e)) => Err(read_error(e)),
-            Ok(Ok(_)) => Ok(()),
         }
     }
+
+    async fn call_leader(&self, call: LeaderCall, timeout: Duration) -> Result<LeaderReply> {
+        leader::call(self.node_id, &self.raft, &self.transport, call, timeout).await
+    }
+
+    /// Make node `id` (its Raft endpoint at `addr`) a voter of the region, through the
+    /// leader: a learner first, promoted once it has caught up. Returns the index of the
+    /// membership entry. Idempotent.
+    pub async fn add_voter(&self, id: NodeId, addr: &str) -> Result<u64> {
+        let call = LeaderCall::AddVoter {
+            id,
+            addr: addr.to_string(),
+        };
+        self.membership_change(call).await
+    }
+
+    /// Take node `id` out of the region (through the leader). Idempotent.
+    pub async fn remove_member(&self, id: NodeId) -> Result<u64> {
+        self.membership_change(LeaderCall::Remove { id }).await
+    }
+
+    async fn membership_change(&self, call: LeaderCall) -> Result<u64> {
+        // A learner catching up by snapshot over a slow link takes longer than a write.
+        let timeout = self.request_timeout.max(MEMBERSHIP_TIMEOUT);
+        match self.call_leader(call, timeout).await? {
+            LeaderReply::Changed { index } => Ok(index),
+            LeaderReply::Failed(e) => Err(e),
+            other => Err(StoreError::Internal(format!(
+                "the leader answered a membership change with {other:?}"
+            ))),
+        }
+    }
+
+    /// Every member of the region and its Raft endpoint.
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        leader::member_addrs(&self.raft)
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
 }
+
+/// How long a membership change may take (the new member catches up first).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl ObjectStore for RaftStore {
     async fn get(&self, key: &ObjectKey, mode: ReadMode) -> Result<Bytes> {
@@ -514,7 +574,9 @@ pub(crate) fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNod
     }
 }
 
-fn read_error(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> StoreError {
+pub(crate) fn read_error(
+    e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+) -> StoreError {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => not_leader(&f),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q)) => StoreError::Unavailable(

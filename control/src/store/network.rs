@@ -33,6 +33,7 @@ use openraft::{
     BasicNode, OptionalSend, RPCTypes, RaftNetwork, RaftNetworkFactory, Snapshot, Vote,
 };
 
+use super::leader::{self, LeaderCall, LeaderReply};
 use super::{KithRaft, NodeId, TypeConfig};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -43,6 +44,10 @@ pub enum TransportError {
     /// Not delivered (no route, connection refused, peer not running): retried after a backoff.
     #[error("node {target} is unreachable: {reason}")]
     Unreachable { target: NodeId, reason: String },
+    /// Maybe delivered, but no answer came back (connection broken mid-request, timeout):
+    /// the peer may have acted on it.
+    #[error("node {target} did not answer: {reason}")]
+    Lost { target: NodeId, reason: String },
     /// Delivered, but the peer's Raft failed (storage error, shutting down).
     #[error("node {target} failed: {error}")]
     Remote {
@@ -52,7 +57,8 @@ pub enum TransportError {
 }
 
 /// Carries Raft's three messages to a peer and brings back its answer. The receiving side
-/// hands them to `Raft::append_entries`, `Raft::vote` and `Raft::install_full_snapshot`.
+/// hands them to `Raft::append_entries`, `Raft::vote` and `Raft::install_full_snapshot`,
+/// and calls for the leader to [`leader::serve`](super::leader::serve).
 pub trait RaftTransport: Send + Sync + 'static {
     fn append_entries(
         &self,
@@ -75,6 +81,14 @@ pub trait RaftTransport: Send + Sync + 'static {
         vote: Vote<NodeId>,
         snapshot: Snapshot<TypeConfig>,
     ) -> BoxFuture<Result<SnapshotResponse<NodeId>, TransportError>>;
+
+    /// A write, read index or membership change for the node `target` (believed leader).
+    fn leader(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        call: LeaderCall,
+    ) -> BoxFuture<Result<LeaderReply, TransportError>>;
 }
 
 /// openraft's network factory over a `RaftTransport`.
@@ -128,7 +142,9 @@ impl Peer {
         e: TransportError,
     ) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
         match e {
-            TransportError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            TransportError::Unreachable { .. } | TransportError::Lost { .. } => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
             TransportError::Remote { error, .. } => {
                 RPCError::RemoteError(RemoteError::new_with_node(
                     self.target,
@@ -310,5 +326,15 @@ impl RaftTransport for InProcessNetwork {
                 .await
                 .map_err(|e| remote(target, e))
         })
+    }
+
+    fn leader(
+        &self,
+        target: NodeId,
+        _node: &BasicNode,
+        call: LeaderCall,
+    ) -> BoxFuture<Result<LeaderReply, TransportError>> {
+        let raft = self.find(target);
+        Box::pin(async move { Ok(leader::serve(&raft?, call).await) })
     }
 }
