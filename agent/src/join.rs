@@ -74,30 +74,23 @@ fn client(server: &str, ca_der: Option<Vec<u8>>) -> Result<kube::Client, JoinErr
     })
 }
 
-/// Join `server` as `node_name` with `token`; write a kubeconfig for the node to
-/// `kubeconfig`.
-pub async fn bootstrap(
-    server: &str,
-    token: &str,
-    node_name: &str,
-    kubeconfig: &Path,
-) -> Result<(), JoinError> {
+/// The CA certificate (DER) `server` presents at `/cacerts`, if it is the one `token`
+/// pins; fetched without verifying TLS, which the pin replaces.
+pub async fn fetch_pinned_ca(server: &str, token: &str) -> Result<Vec<u8>, JoinError> {
     let want = token_ca_hash(token)?.to_ascii_lowercase();
-    let request_err = |e: kube::Error| JoinError::Request {
-        server: server.to_string(),
-        message: e.to_string(),
-    };
-    let http_err = |e: http::Error| JoinError::Request {
-        server: server.to_string(),
-        message: e.to_string(),
-    };
     let get = http::Request::get("/cacerts")
         .body(Vec::new())
-        .map_err(http_err)?;
+        .map_err(|e| JoinError::Request {
+            server: server.to_string(),
+            message: e.to_string(),
+        })?;
     let ca_pem = client(server, None)?
         .request_text(get)
         .await
-        .map_err(request_err)?;
+        .map_err(|e| JoinError::Request {
+            server: server.to_string(),
+            message: e.to_string(),
+        })?;
     let der = pem_to_der(&ca_pem).ok_or_else(|| JoinError::CaMismatch {
         server: server.to_string(),
     })?;
@@ -106,6 +99,26 @@ pub async fn bootstrap(
             server: server.to_string(),
         });
     }
+    Ok(der)
+}
+
+/// Join `server` as `node_name` with `token`; write a kubeconfig for the node to
+/// `kubeconfig`.
+pub async fn bootstrap(
+    server: &str,
+    token: &str,
+    node_name: &str,
+    kubeconfig: &Path,
+) -> Result<(), JoinError> {
+    let request_err = |e: kube::Error| JoinError::Request {
+        server: server.to_string(),
+        message: e.to_string(),
+    };
+    let http_err = |e: http::Error| JoinError::Request {
+        server: server.to_string(),
+        message: e.to_string(),
+    };
+    let der = fetch_pinned_ca(server, token).await?;
     let body = serde_json::to_vec(&JoinRequest {
         node_name: node_name.to_string(),
     })

@@ -142,7 +142,7 @@ fn user_from_cert(der: &[u8]) -> Option<User> {
 }
 
 /// `Bearer <token>`, scheme case-insensitive as in client-go; anything else is `None`.
-fn bearer_token(header: &str) -> Option<&str> {
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;

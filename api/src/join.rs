@@ -6,6 +6,8 @@
 //!                                                 SHA-256 against the hash in its join token
 //!  POST /kith/v1/join     Bearer <join token>  → {"ca","cert","key"}: a client certificate
 //!       {"nodeName": "n1"}                       for system:node:n1 in group system:nodes
+//!  POST /kith/v1/join/control   Bearer <join token>  → a [`RegionBundle`]: what a new
+//!                                                      control box of the region needs
 //! ```
 //! The control plane implements [`Joiner`] (it owns the CA and the token list).
 
@@ -43,6 +45,35 @@ pub trait Joiner: Send + Sync + 'static {
     /// Credentials for `req.node_name` if `token` is a live join token; `Unauthorized`
     /// otherwise.
     fn join(&self, token: &str, req: &JoinRequest) -> Result<JoinReply, ApiError>;
+    /// The region's shared credentials for a new control box if `token` is a live join
+    /// token; `NoRoute` where control boxes cannot join (a one-box `kith up`).
+    fn join_control(&self, token: &str) -> Result<RegionBundle, ApiError> {
+        let _ = token;
+        Err(ApiError::NoRoute)
+    }
+}
+
+/// What a control box joining a region receives (PEM and file texts).
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionBundle {
+    pub ca_cert: String,
+    pub ca_key: String,
+    /// The bearer tokens file (admin and metrics tokens are the region's, not a box's).
+    pub tokens: String,
+    /// The join tokens file, so tokens made before the join keep working on the new box.
+    pub join_tokens: String,
+    /// The Raft port of the box that answered: the new box asks it to be added.
+    pub peer_addr: String,
+}
+
+/// Leaves the secrets out.
+impl std::fmt::Debug for RegionBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegionBundle")
+            .field("peer_addr", &self.peer_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The body of a join request, checked: a JSON object naming a valid node.

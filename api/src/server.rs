@@ -53,6 +53,18 @@ pub struct Peer {
     pub trusted: Option<User>,
 }
 
+/// Where a new control box gets the region's credentials (see [`crate::join`]).
+pub const JOIN_CONTROL_PATH: &str = "/kith/v1/join/control";
+
+/// The bearer token of a request, if it carries one.
+fn bearer<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::bearer_token)
+        .map(str::to_string)
+}
+
 /// Serving readiness: `/readyz` answers `ok` only once the store is ready.
 pub struct ApiService<S> {
     api: Arc<Api<S>>,
@@ -102,15 +114,16 @@ impl<S: ObjectStore> ApiService<S> {
         let joiner = self.joiner.get()?.clone();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/cacerts") => Some(Ok(text(StatusCode::OK, joiner.ca_pem()))),
+            (&Method::POST, JOIN_CONTROL_PATH) => Some((|| {
+                let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
+                let bundle = joiner.join_control(&token)?;
+                let value =
+                    serde_json::to_value(bundle).map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok(json_response(StatusCode::OK, &value, &[]))
+            })()),
             (&Method::POST, "/kith/v1/join") => Some(
                 async {
-                    let token = req
-                        .headers()
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .map(str::to_string)
-                        .ok_or(ApiError::Unauthorized)?;
+                    let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
                     let body = read_body(req).await?;
                     let join = crate::join::parse_request(&body)?;
                     let reply = joiner.join(&token, &join)?;
@@ -321,7 +334,7 @@ impl<S: ObjectStore> ApiService<S> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = req.uri().path().to_string();
-        if path == "/cacerts" || path == "/kith/v1/join" {
+        if path == "/cacerts" || path == "/kith/v1/join" || path == JOIN_CONTROL_PATH {
             if let Some(reply) = self.join_routes(req).await {
                 return reply;
             }

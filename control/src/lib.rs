@@ -7,6 +7,7 @@ pub use kith_api::events;
 pub mod metrics;
 pub mod mirror;
 pub mod pki;
+pub mod region;
 pub mod scheduler;
 pub mod store;
 pub mod up;

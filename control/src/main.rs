@@ -52,6 +52,42 @@ enum Command {
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
     },
+    /// Run one control box of a multi-box region (Raft over mutual TLS between boxes): the
+    /// first box founds the region; the others join it with --join and --token.
+    Control {
+        #[command(subcommand)]
+        leave: Option<ControlCommand>,
+        /// Where all state lives (certificates, Raft log, kubeconfig).
+        #[arg(long, default_value = "/var/lib/kith", global = true)]
+        data_dir: PathBuf,
+        /// Address the Kubernetes API listens on.
+        #[arg(long, default_value = "0.0.0.0:6443")]
+        listen: SocketAddr,
+        /// Address of the Raft port, which the other control boxes reach this one at.
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
+        /// The API URL of any box of the region to join (first start only).
+        #[arg(long, requires = "token")]
+        join: Option<String>,
+        /// A join token from `kith token create` on a box of the region.
+        #[arg(long, env = "KITH_TOKEN")]
+        token: Option<String>,
+        /// How many recent events a watch can resume from (older → 410 Expired).
+        #[arg(long, default_value_t = kith_api::store::state::DEFAULT_HISTORY)]
+        watch_history: usize,
+        /// The range nodes' podCIDRs (one /24 each) are taken from.
+        #[arg(long, default_value = "10.244.0.0/16")]
+        cluster_cidr: String,
+        /// Raft heartbeat interval.
+        #[arg(long, default_value_t = kith_control::region::Timers::default().heartbeat_ms)]
+        heartbeat_ms: u64,
+        /// A follower starts an election after a random time in [N, 2N] ms without a leader.
+        #[arg(long, default_value_t = kith_control::region::Timers::default().election_min_ms)]
+        election_timeout_ms: u64,
+        /// Build a snapshot (and trim the log) after this many applied entries.
+        #[arg(long, default_value_t = kith_control::region::Timers::default().snapshot_every)]
+        snapshot_every: u64,
+    },
     /// Run this box's agent against a cluster: join with a token the first time, then run
     /// the pods the scheduler binds here.
     Agent {
@@ -102,6 +138,12 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ControlCommand {
+    /// Take this (running) control box out of its region; it stops once removed.
+    Leave,
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Create a join token and print it.
     Create {
@@ -136,6 +178,8 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Up { .. } => "kith up",
+            Command::Control { leave: None, .. } => "kith control",
+            Command::Control { leave: Some(_), .. } => "kith control leave",
             Command::Agent { .. } => "kith agent",
             Command::Shim { .. } => "kith shim",
             Command::Image { .. } => "kith image import",
@@ -174,8 +218,14 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // A one-shot command's output is its result; progress logs are for the long-running ones.
     let default_filter = match cli.command {
-        Command::Image { .. } | Command::Token { .. } | Command::Usage { .. } => "warn",
-        Command::Up { .. } | Command::Agent { .. } | Command::Shim { .. } => "info,openraft=warn",
+        Command::Image { .. }
+        | Command::Token { .. }
+        | Command::Usage { .. }
+        | Command::Control { leave: Some(_), .. } => "warn",
+        Command::Up { .. }
+        | Command::Control { leave: None, .. }
+        | Command::Agent { .. }
+        | Command::Shim { .. } => "info,openraft=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITH_LOG")
         .unwrap_or_else(|_| default_filter.into());
@@ -238,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     watch_history,
                     agent,
                     cluster_cidr,
+                    region: None,
                 };
                 up::run(
                     cfg,
@@ -245,6 +296,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("kith is up; the Kubernetes API serves at {url}");
                         println!("  export KUBECONFIG={}", kubeconfig.display());
                         println!("  kubectl get namespaces");
+                    },
+                    shutdown_signal(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Control {
+            leave: Some(ControlCommand::Leave),
+            data_dir,
+            ..
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(kith_control::region::leave(&data_dir))?;
+            println!("this box left its region; it stops now");
+            Ok(())
+        }
+        Command::Control {
+            leave: None,
+            data_dir,
+            listen,
+            peer_listen,
+            join,
+            token,
+            watch_history,
+            cluster_cidr,
+            heartbeat_ms,
+            election_timeout_ms,
+            snapshot_every,
+        } => {
+            let cluster_cidr = cluster_cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr {cluster_cidr}: {e}"))?;
+            let peer_listen = peer_listen.context("--peer-listen is required")?;
+            let join = join.map(|server| kith_control::region::Join {
+                server,
+                token: token.unwrap_or_default(),
+            });
+            let region = kith_control::region::RegionConfig {
+                peer_listen,
+                join,
+                timers: kith_control::region::Timers {
+                    heartbeat_ms,
+                    election_min_ms: election_timeout_ms,
+                    snapshot_every,
+                },
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let cfg = UpConfig {
+                    data_dir,
+                    listen,
+                    watch_history,
+                    agent: None,
+                    cluster_cidr,
+                    region: Some(region),
+                };
+                up::run(
+                    cfg,
+                    |kubeconfig, url| {
+                        println!("kith control box is up; the Kubernetes API serves at {url}");
+                        println!("  export KUBECONFIG={}", kubeconfig.display());
                     },
                     shutdown_signal(),
                 )

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 
 use crate::controllers::{self, clusterip};
 use crate::pki::{Pki, PkiError};
+use crate::region::{self, RegionConfig, RegionError, RegionJoiner};
 use crate::store::{RaftStore, StoreConfig, StoreOpenError};
 
 /// Namespaces every cluster starts with.
@@ -47,6 +48,8 @@ pub struct UpConfig {
     pub agent: Option<kith_agent::run::AgentOptions>,
     /// Where nodes' podCIDRs come from.
     pub cluster_cidr: controllers::nodeipam::Cidr,
+    /// A box of a multi-box region (`kith control`); `None` is a one-box cluster.
+    pub region: Option<RegionConfig>,
 }
 
 /// What the agent needs from the host, read once before starting.
@@ -128,6 +131,8 @@ pub enum UpError {
     Bootstrap { name: String, source: ApiError },
     #[error("creating the kubernetes service: {0}")]
     KubernetesService(ApiError),
+    #[error("{0}")]
+    Region(#[from] RegionError),
 }
 
 /// The URL clients on this box use to reach a server listening on `listen`.
@@ -166,27 +171,44 @@ pub async fn run(
                 source,
             },
         })?;
+    let membership = match &cfg.region {
+        Some(r) => Some(region::prepare(dir, r).await?),
+        None => None,
+    };
     let mut sans = Vec::new();
     if !cfg.listen.ip().is_unspecified() {
         sans.push(cfg.listen.ip().to_string());
     }
+    if let Some(r) = &cfg.region {
+        sans.push(r.peer_listen.ip().to_string());
+    }
     let pki = Arc::new(Pki::load_or_create(dir, &sans)?);
     let mut store_cfg = StoreConfig::new(1, client_url(cfg.listen), dir.join("raft"));
     store_cfg.history = cfg.watch_history;
-    let store = RaftStore::open(store_cfg).await?;
+    let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (store, left) = match (&cfg.region, &membership) {
+        (Some(r), Some(m)) => {
+            let stopped = async {
+                let _ = peer_stopped.await;
+            };
+            let (store, left) = region::open_store(&pki, r, m, store_cfg, stopped).await?;
+            (store, Some(left))
+        }
+        _ => (RaftStore::open(store_cfg).await?, None),
+    };
     let api = Arc::new(Api::new(store.clone()));
-    for ns in SYSTEM_NAMESPACES {
-        ensure_namespace(&api, ns).await?;
-    }
     let advertise = advertise_ip(cfg.listen.ip());
     let service_objects = kubernetes_service_objects(
         advertise,
         cfg.listen.port(),
         clusterip::Range::default().kubernetes_service_ip(),
     );
-    ensure_kubernetes_service(&api, &service_objects)
-        .await
-        .map_err(UpError::KubernetesService)?;
+    // A box that leads from the start (always so for one box) has the system namespaces
+    // and the kubernetes Service before it says it is up; later leaders make sure of them
+    // when they take over (`leader_duties`).
+    if store.leader() == Some(store.node_id()) {
+        bootstrap_objects(&api, &service_objects).await?;
+    }
     let auth = Authenticator::new(pki.tokens());
     let mut metrics = Metrics::new();
     crate::metrics::register(&mut metrics, store.clone());
@@ -203,9 +225,18 @@ pub async fn run(
     let server = tokio::spawn(serve(listener, tls, service.clone(), async {
         let _ = stop_rx.await;
     }));
-    service.set_joiner(pki.clone());
-    let mut controllers = controllers::spawn_all(client, api.clone(), cfg.cluster_cidr);
-    controllers.spawn(keep_kubernetes_service(api.clone(), service_objects));
+    match &membership {
+        Some(m) => service.set_joiner(Arc::new(RegionJoiner::new(pki.clone(), &m.peer_addr))),
+        None => service.set_joiner(pki.clone()),
+    }
+    let duties = tokio::spawn(leader_duties(
+        store.clone(),
+        client,
+        api.clone(),
+        cfg.cluster_cidr,
+        service_objects,
+    ));
+    let mut agent_task = None;
     if let (Some(agent), Some(stats)) = (cfg.agent.clone(), stats.clone()) {
         service.set_node_connector(Arc::new(agent.local_node()));
         service.set_node_stats(stats.clone());
@@ -215,23 +246,34 @@ pub async fn run(
             ["system:nodes", MASTERS_GROUP],
         );
         let client = crate::client::in_process(service.clone(), node_user);
-        controllers.spawn(async move {
-            // Runs until the controllers are aborted at shutdown; containers keep running.
+        agent_task = Some(tokio::spawn(async move {
+            // Runs until aborted at shutdown; containers keep running.
             if let Err(e) = kith_agent::run::run(client, agent, stats, std::future::pending()).await
             {
                 tracing::error!(error = %e, "the agent stopped");
             }
-        });
+        }));
     }
     let kubeconfig = dir.join("kubeconfig");
     let url = client_url(cfg.listen);
     pki.write_kubeconfig(&kubeconfig, &url)?;
     tracing::info!(kubeconfig = %kubeconfig.display(), %url, "kith is up");
     ready(&kubeconfig, &url);
-    shutdown.await;
+    match left {
+        Some(left) => tokio::select! {
+            _ = shutdown => {}
+            _ = region::removed(store.clone(), left) => {}
+        },
+        None => shutdown.await,
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
-    controllers.abort_all();
+    let _ = peer_stop.send(());
+    duties.abort();
+    let _ = duties.await;
+    if let Some(agent) = agent_task {
+        agent.abort();
+    }
     leader_watch.abort();
     // The agent task was aborted: keep what was metered since its last periodic save.
     if let Some(stats) = &stats {
@@ -244,6 +286,68 @@ pub async fn run(
         tracing::warn!(error = %e, "store shutdown");
     }
     Ok(())
+}
+
+/// The system namespaces and the `kubernetes` Service, created if missing.
+async fn bootstrap_objects(
+    api: &Arc<Api<Arc<RaftStore>>>,
+    service_objects: &[(&'static str, &'static str, Value)],
+) -> Result<(), UpError> {
+    for ns in SYSTEM_NAMESPACES {
+        ensure_namespace(api, ns).await?;
+    }
+    ensure_kubernetes_service(api, service_objects)
+        .await
+        .map_err(UpError::KubernetesService)
+}
+
+/// What only the leader does: controllers, the scheduler, keeping the system objects.
+/// Raft's leadership is their leader election: they start when this box becomes leader
+/// and stop when it is not any more, so two boxes never run them at once for long (a
+/// deposed leader's writes are refused by the new one's log anyway).
+async fn leader_duties(
+    store: Arc<RaftStore>,
+    client: kube::Client,
+    api: Arc<Api<Arc<RaftStore>>>,
+    cluster_cidr: controllers::nodeipam::Cidr,
+    service_objects: Vec<(&'static str, &'static str, Value)>,
+) {
+    let me = store.node_id();
+    let mut rx = store.raft().metrics();
+    let mut running: Option<tokio::task::JoinSet<()>> = None;
+    loop {
+        let leading = {
+            let m = rx.borrow_and_update();
+            m.current_leader == Some(me) && m.state.is_leader()
+        };
+        match (leading, running.is_some()) {
+            (true, false) => {
+                tracing::info!(node = me, "leading: starting controllers and the scheduler");
+                if let Err(e) = bootstrap_objects(&api, &service_objects).await {
+                    tracing::warn!(error = %e, "making sure of the system objects");
+                }
+                let mut set = controllers::spawn_all(client.clone(), api.clone(), cluster_cidr);
+                set.spawn(keep_kubernetes_service(
+                    api.clone(),
+                    service_objects.clone(),
+                ));
+                running = Some(set);
+            }
+            (false, true) => {
+                tracing::info!(node = me, "no longer leading: stopping controllers");
+                if let Some(mut set) = running.take() {
+                    set.abort_all();
+                }
+            }
+            _ => {}
+        }
+        if rx.changed().await.is_err() {
+            break;
+        }
+    }
+    if let Some(mut set) = running {
+        set.abort_all();
+    }
 }
 
 async fn ensure_namespace(api: &Arc<Api<Arc<RaftStore>>>, name: &str) -> Result<(), UpError> {

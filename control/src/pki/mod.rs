@@ -18,6 +18,7 @@
 mod files;
 pub mod join;
 mod kubeconfig;
+pub mod peer;
 mod static_tokens;
 
 use std::fmt;

@@ -266,7 +266,7 @@ impl InProcessNetwork {
 }
 
 /// A peer that stopped answers with `Fatal::Stopped`; to its callers that is a node gone.
-fn remote(target: NodeId, error: Fatal<NodeId>) -> TransportError {
+pub fn fatal_to_transport(target: NodeId, error: Fatal<NodeId>) -> TransportError {
     match error {
         Fatal::Stopped => TransportError::Unreachable {
             target,
@@ -281,7 +281,7 @@ fn remote(target: NodeId, error: Fatal<NodeId>) -> TransportError {
 
 fn fatal_of(target: NodeId, e: RaftError<NodeId>) -> TransportError {
     match e {
-        RaftError::Fatal(f) => remote(target, f),
+        RaftError::Fatal(f) => fatal_to_transport(target, f),
         RaftError::APIError(never) => match never {},
     }
 }
@@ -324,7 +324,7 @@ impl RaftTransport for InProcessNetwork {
             raft?
                 .install_full_snapshot(vote, snapshot)
                 .await
-                .map_err(|e| remote(target, e))
+                .map_err(|e| fatal_to_transport(target, e))
         })
     }
 

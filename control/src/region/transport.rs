@@ -1,0 +1,488 @@
+//! Raft between control boxes: the HTTPS transport (client side) and the peer port
+//! (server side), mutual TLS with the region CA, JSON bodies over HTTP/2.
+//!
+//! ```text
+//!  HttpsTransport ── one HTTP/2 connection per peer address (reconnects on failure)
+//!    POST /raft/append    AppendEntriesRequest  → Result<AppendEntriesResponse, Fatal>
+//!    POST /raft/vote      VoteRequest           → Result<VoteResponse, Fatal>
+//!    POST /raft/snapshot  u32 len, {vote, meta}, snapshot bytes → Result<SnapshotResponse, Fatal>
+//!    POST /raft/leader    LeaderCall            → LeaderReply   (only if this box leads)
+//!    POST /raft/member    LeaderCall            → LeaderReply   (membership, via the leader)
+//!  peer port: admits only certificates of the region CA in group kith:control-plane
+//! ```
+//! A message that never left (no connection) is `Unreachable`; one sent whose answer did
+//! not come back is `Lost` (the peer may have acted on it: see `store::leader`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use kith_api::server::{serve_tls, Body, Peer};
+use openraft::error::Fatal;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Snapshot, SnapshotMeta, Vote};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+
+use crate::pki::peer::is_control_plane;
+use crate::store::leader::{self, LeaderCall, LeaderReply};
+use crate::store::network::{fatal_to_transport, BoxFuture, RaftTransport, TransportError};
+use crate::store::{NodeId, RaftStore, TypeConfig};
+
+/// Largest message a peer accepts (a snapshot of a big region is the largest).
+const MAX_MESSAGE: usize = 1 << 30;
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The snapshot header before the snapshot's bytes.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+/// Raft messages to the other control boxes over mutual TLS. Cheap to clone: clones
+/// share the connections.
+#[derive(Clone)]
+pub struct HttpsTransport {
+    inner: Arc<Connections>,
+}
+
+/// One HTTP/2 connection per peer address.
+struct Connections {
+    tls: Arc<ClientConfig>,
+    conns: Mutex<HashMap<String, SendRequest<Full<Bytes>>>>,
+}
+
+impl HttpsTransport {
+    pub fn new(tls: Arc<ClientConfig>) -> HttpsTransport {
+        HttpsTransport {
+            inner: Arc::new(Connections {
+                tls,
+                conns: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Connections {
+    /// A ready HTTP/2 sender to `addr`: the cached one, or a new connection.
+    async fn sender(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<SendRequest<Full<Bytes>>, TransportError> {
+        let cached = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned();
+        if let Some(mut s) = cached {
+            // A dead connection fails here, before anything is sent.
+            if s.ready().await.is_ok() {
+                return Ok(s);
+            }
+            self.forget(addr);
+        }
+        let unreachable = |reason: String| TransportError::Unreachable { target, reason };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(format!("connect to {addr} timed out")))?
+            .map_err(|e| unreachable(format!("connect to {addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let host = host_of(addr);
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| unreachable(format!("peer address {addr}: {e}")))?;
+        let tls = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(self.tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| unreachable(format!("TLS handshake with {addr} timed out")))?
+        .map_err(|e| unreachable(format!("TLS handshake with {addr}: {e}")))?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(format!("HTTP/2 with {addr}: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "peer connection ended");
+            }
+        });
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr.to_string(), sender.clone());
+        Ok(sender)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(addr);
+    }
+
+    /// POST `body` to `path` on the peer at `addr`; the answer's body.
+    async fn post(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, TransportError> {
+        let mut sender = self.sender(target, addr).await?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{addr}{path}"))
+            .body(Full::new(body))
+            .map_err(|e| TransportError::Unreachable {
+                target,
+                reason: e.to_string(),
+            })?;
+        let lost = |reason: String| TransportError::Lost { target, reason };
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget(addr);
+                return Err(lost(format!("{addr}{path}: {e}")));
+            }
+        };
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_MESSAGE)
+            .collect()
+            .await
+            .map_err(|e| lost(format!("{addr}{path}: reading the answer: {e}")))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&bytes);
+            // Refused before acting (not a peer, bad message): nothing happened there.
+            return Err(TransportError::Unreachable {
+                target,
+                reason: format!("{addr}{path}: {status}: {}", text.trim()),
+            });
+        }
+        Ok(bytes)
+    }
+
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        req: &Req,
+    ) -> Result<Result<Resp, Fatal<NodeId>>, TransportError> {
+        let body = serde_json::to_vec(req).map_err(|e| TransportError::Unreachable {
+            target,
+            reason: format!("encoding {path}: {e}"),
+        })?;
+        let bytes = self.post(target, addr, path, body.into()).await?;
+        serde_json::from_slice(&bytes).map_err(|e| TransportError::Lost {
+            target,
+            reason: format!("{addr}{path}: undecodable answer: {e}"),
+        })
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` too), for the TLS server name.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+fn answered<T>(target: NodeId, r: Result<T, Fatal<NodeId>>) -> Result<T, TransportError> {
+    r.map_err(|f| fatal_to_transport(target, f))
+}
+
+impl RaftTransport for HttpsTransport {
+    fn append_entries(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> BoxFuture<Result<AppendEntriesResponse<NodeId>, TransportError>> {
+        let this = self.inner.clone();
+        let addr = node.addr.clone();
+        Box::pin(
+            async move { answered(target, this.rpc(target, &addr, "/raft/append", &rpc).await?) },
+        )
+    }
+
+    fn vote(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        rpc: VoteRequest<NodeId>,
+    ) -> BoxFuture<Result<VoteResponse<NodeId>, TransportError>> {
+        let this = self.inner.clone();
+        let addr = node.addr.clone();
+        Box::pin(
+            async move { answered(target, this.rpc(target, &addr, "/raft/vote", &rpc).await?) },
+        )
+    }
+
+    fn snapshot(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+    ) -> BoxFuture<Result<SnapshotResponse<NodeId>, TransportError>> {
+        let this = self.inner.clone();
+        let addr = node.addr.clone();
+        Box::pin(async move {
+            let header = SnapshotHeader {
+                vote,
+                meta: snapshot.meta,
+            };
+            let body = encode_snapshot(&header, snapshot.snapshot.into_inner()).map_err(|e| {
+                TransportError::Unreachable {
+                    target,
+                    reason: format!("encoding a snapshot: {e}"),
+                }
+            })?;
+            let bytes = this.post(target, &addr, "/raft/snapshot", body).await?;
+            let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = serde_json::from_slice(&bytes)
+                .map_err(|e| TransportError::Lost {
+                    target,
+                    reason: format!("undecodable snapshot answer: {e}"),
+                })?;
+            answered(target, r)
+        })
+    }
+
+    fn leader(
+        &self,
+        target: NodeId,
+        node: &BasicNode,
+        call: LeaderCall,
+    ) -> BoxFuture<Result<LeaderReply, TransportError>> {
+        let this = self.inner.clone();
+        let addr = node.addr.clone();
+        Box::pin(async move { this.rpc_plain(target, &addr, "/raft/leader", &call).await })
+    }
+}
+
+impl Connections {
+    /// A call whose answer is a plain value, not a Raft result.
+    async fn rpc_plain<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, TransportError> {
+        let body = serde_json::to_vec(req).map_err(|e| TransportError::Unreachable {
+            target,
+            reason: format!("encoding {path}: {e}"),
+        })?;
+        let bytes = self.post(target, addr, path, body.into()).await?;
+        serde_json::from_slice(&bytes).map_err(|e| TransportError::Lost {
+            target,
+            reason: format!("{addr}{path}: undecodable answer: {e}"),
+        })
+    }
+}
+
+impl HttpsTransport {
+    /// Ask the box whose Raft port is `addr` to make a membership change (it takes it to
+    /// the leader).
+    pub async fn member_call(
+        &self,
+        addr: &str,
+        call: &LeaderCall,
+    ) -> Result<LeaderReply, TransportError> {
+        self.inner.rpc_plain(0, addr, "/raft/member", call).await
+    }
+}
+
+fn encode_snapshot(header: &SnapshotHeader, data: Vec<u8>) -> Result<Bytes, serde_json::Error> {
+    let head = serde_json::to_vec(header)?;
+    let mut out = BytesMut::with_capacity(4 + head.len() + data.len());
+    out.put_u32(head.len() as u32);
+    out.put_slice(&head);
+    out.put_slice(&data);
+    Ok(out.freeze())
+}
+
+fn decode_snapshot(mut body: Bytes) -> Result<(SnapshotHeader, Vec<u8>), String> {
+    if body.len() < 4 {
+        return Err("snapshot message too short".into());
+    }
+    let len = body.get_u32() as usize;
+    if body.len() < len {
+        return Err("snapshot header longer than the message".into());
+    }
+    let head = body.split_to(len);
+    let header: SnapshotHeader =
+        serde_json::from_slice(&head).map_err(|e| format!("snapshot header: {e}"))?;
+    Ok((header, body.to_vec()))
+}
+
+/// Serve the peer port until `shutdown`: Raft messages for `store`'s Raft from the other
+/// control boxes (and nobody else).
+/// `left` is notified once this box has been taken out of the region through its own
+/// peer port (`kith control leave`).
+pub async fn serve_peers(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    store: Arc<RaftStore>,
+    left: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_tls(listener, tls, shutdown, move |req, peer| {
+        let store = store.clone();
+        let left = left.clone();
+        async move { handle(&store, &left, req, &peer).await }
+    })
+    .await
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(text.into()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+fn json<T: Serialize>(value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(b) => plain(StatusCode::OK, String::from_utf8(b).unwrap_or_default()),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn handle(
+    store: &RaftStore,
+    left: &Notify,
+    req: Request<hyper::body::Incoming>,
+    peer: &Peer,
+) -> Response<Body> {
+    if !peer.cert.as_deref().is_some_and(is_control_plane) {
+        return plain(StatusCode::FORBIDDEN, "only control boxes of this region");
+    }
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "POST only");
+    }
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("reading the message: {e}")),
+    };
+    let raft = store.raft();
+    let bad = |e: serde_json::Error| plain(StatusCode::BAD_REQUEST, format!("{path}: {e}"));
+    match path.as_str() {
+        "/raft/append" => match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&body) {
+            Ok(rpc) => json(&raft.append_entries(rpc).await.map_err(fatal_only)),
+            Err(e) => bad(e),
+        },
+        "/raft/vote" => match serde_json::from_slice::<VoteRequest<NodeId>>(&body) {
+            Ok(rpc) => json(&raft.vote(rpc).await.map_err(fatal_only)),
+            Err(e) => bad(e),
+        },
+        "/raft/snapshot" => match decode_snapshot(body) {
+            Ok((header, data)) => {
+                let snapshot = Snapshot {
+                    meta: header.meta,
+                    snapshot: Box::new(std::io::Cursor::new(data)),
+                };
+                json(&raft.install_full_snapshot(header.vote, snapshot).await)
+            }
+            Err(e) => plain(StatusCode::BAD_REQUEST, e),
+        },
+        "/raft/leader" => match serde_json::from_slice::<LeaderCall>(&body) {
+            Ok(call) => json(&leader::serve(raft, call).await),
+            Err(e) => bad(e),
+        },
+        "/raft/member" => match serde_json::from_slice::<LeaderCall>(&body) {
+            Ok(LeaderCall::AddVoter { id, addr }) => {
+                json(&membership(store.add_voter(id, &addr).await))
+            }
+            Ok(LeaderCall::Remove { id }) => {
+                let reply = membership(store.remove_member(id).await);
+                if id == store.node_id() && matches!(reply, LeaderReply::Changed { .. }) {
+                    // Not a member any more: this box's Raft may never hear of the final
+                    // configuration (the leader stops replicating to it), so say it here.
+                    left.notify_one();
+                }
+                json(&reply)
+            }
+            Ok(other) => plain(
+                StatusCode::BAD_REQUEST,
+                format!("not a membership change: {other:?}"),
+            ),
+            Err(e) => bad(e),
+        },
+        _ => plain(StatusCode::NOT_FOUND, format!("no peer route {path}")),
+    }
+}
+
+fn membership(r: kith_api::store::Result<u64>) -> LeaderReply {
+    match r {
+        Ok(index) => LeaderReply::Changed { index },
+        Err(e) => LeaderReply::Failed(e),
+    }
+}
+
+/// Raft's receiving calls fail only fatally (`RaftError<_, Infallible>`).
+fn fatal_only(e: openraft::error::RaftError<NodeId>) -> Fatal<NodeId> {
+    match e {
+        openraft::error::RaftError::Fatal(f) => f,
+        openraft::error::RaftError::APIError(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_table() {
+        for (addr, want) in [
+            ("10.0.0.1:7443", "10.0.0.1"),
+            ("[fd00::1]:7443", "fd00::1"),
+            ("box-a.example:7443", "box-a.example"),
+            ("noport", "noport"),
+        ] {
+            assert_eq!(host_of(addr), want, "{addr}");
+        }
+    }
+
+    #[test]
+    fn snapshot_messages_round_trip_and_garbage_is_refused() {
+        let header = SnapshotHeader {
+            vote: Vote::new(3, 1),
+            meta: SnapshotMeta::default(),
+        };
+        let data = b"the state machine".to_vec();
+        let wire = encode_snapshot(&header, data.clone()).expect("encode");
+        let (back, got) = decode_snapshot(wire).expect("decode");
+        assert_eq!(got, data);
+        assert_eq!(back.vote, header.vote);
+        assert!(decode_snapshot(Bytes::from_static(b"ab")).is_err());
+        assert!(decode_snapshot(Bytes::from_static(b"\0\0\0\x10{}")).is_err());
+        assert!(decode_snapshot(Bytes::from_static(b"\0\0\0\x02{]")).is_err());
+    }
+}
