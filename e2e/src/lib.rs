@@ -33,6 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 pub mod bench;
+pub mod etcd;
+pub mod netlab;
 
 /// How long `kith up` may take to write its kubeconfig and answer `/readyz`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -152,15 +154,47 @@ impl AgentOptions {
     }
 }
 
-/// A second octet in 100..250 for `10.N.0.0/16`, claimed with a lock file naming this
-/// process; a file whose process is gone is taken over.
+/// A second octet in 100..250 for `10.N.0.0/16`, held until this test process exits.
 fn claim_cidr_octet() -> u8 {
-    let dir = std::env::temp_dir().join("kith-e2e-cidr");
-    let _ = std::fs::create_dir_all(&dir);
+    claim_octet("kith-e2e-cidr", 100..=249)
+        .expect("no free 10.N.0.0/16 for a test cluster")
+        .octet
+}
+
+/// A number claimed from a pool shared by every test process on the machine: the lock
+/// file `<tmp>/<pool>/<octet>` names the claiming process. Agent clusters keep their
+/// claim until the process exits; a [`netlab::Lab`] releases its claim when dropped.
+#[derive(Debug)]
+pub struct Claim {
+    pub octet: u8,
+    /// The lock file.
+    pub path: PathBuf,
+}
+
+impl Claim {
+    /// Removes the lock file if it still names this process.
+    pub fn release(self) {
+        let holder = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if holder.trim() == std::process::id().to_string() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Claims a number in `range` that no live test process holds, starting at a random
+/// point; a lock file whose process is gone is taken over.
+pub fn claim_octet(pool: &str, range: std::ops::RangeInclusive<u8>) -> Result<Claim> {
+    let dir = std::env::temp_dir().join(pool);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let me = std::process::id();
-    let start = rand_u32() % 150;
-    for i in 0..150 {
-        let n = 100 + ((start + i) % 150) as u8;
+    let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
+    if lo > hi {
+        bail!("empty range {range:?}");
+    }
+    let len = hi - lo + 1;
+    let start = rand_u32() % len;
+    for i in 0..len {
+        let n = (lo + (start + i) % len) as u8;
         let path = dir.join(n.to_string());
         for _ in 0..2 {
             match std::fs::OpenOptions::new()
@@ -169,15 +203,15 @@ fn claim_cidr_octet() -> u8 {
                 .open(&path)
             {
                 Ok(mut f) => {
-                    let _ = std::io::Write::write_all(&mut f, me.to_string().as_bytes());
-                    return n;
+                    std::io::Write::write_all(&mut f, me.to_string().as_bytes())?;
+                    return Ok(Claim { octet: n, path });
                 }
                 Err(_) => {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
                     let alive = holder
                         .trim()
                         .parse::<u32>()
-                        .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
                     if alive {
                         break;
                     }
@@ -186,7 +220,7 @@ fn claim_cidr_octet() -> u8 {
             }
         }
     }
-    panic!("no free 10.N.0.0/16 for a test cluster (all 150 held by live test processes)")
+    bail!("all {len} numbers of pool {pool} are held by live test processes")
 }
 
 fn rand_u32() -> u32 {
