@@ -29,9 +29,9 @@ use anyhow::{bail, Context as _, Result};
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::TryStreamExt as _;
-use http_body_util::{BodyExt as _, Full};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kith_e2e::bench::{figure, kith_pid, mib, round, rss_bytes, Better, Figure};
+use kith_e2e::etcd::{self, etcd_bin, EtcdConn};
 use kith_e2e::{kith_bin, Cluster};
 use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Map};
@@ -414,13 +414,6 @@ fn report_create(kith: &LoadResult, etcd: Option<&LoadResult>) {
 // ---------------------------------------------------------------------------------------
 // The etcd baseline
 
-fn etcd_bin() -> Option<PathBuf> {
-    let p = std::env::var_os("KITH_ETCD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"));
-    p.is_file().then_some(p)
-}
-
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -430,7 +423,7 @@ fn free_port() -> Result<u16> {
 struct Etcd {
     _dir: tempfile::TempDir,
     child: Child,
-    client_port: u16,
+    client_url: String,
     log: PathBuf,
 }
 
@@ -465,7 +458,7 @@ impl Etcd {
         let mut etcd = Etcd {
             _dir: dir,
             child,
-            client_port,
+            client_url,
             log,
         };
         etcd.wait_healthy().await?;
@@ -481,12 +474,8 @@ impl Etcd {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            if let Ok(mut conn) = EtcdConn::connect(self.client_port).await {
-                if let Ok((200, body)) = conn.request("GET", "/health", Bytes::new()).await {
-                    if body.contains("true") {
-                        return Ok(());
-                    }
-                }
+            if let Ok(true) = etcd::health(&self.client_url).await {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -504,42 +493,10 @@ impl Etcd {
     }
 }
 
-/// One HTTP/1.1 connection to etcd's gateway.
-struct EtcdConn {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl EtcdConn {
-    async fn connect(port: u16) -> Result<EtcdConn> {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        tcp.set_nodelay(true)?;
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(EtcdConn { send })
-    }
-
-    /// Status and body text.
-    async fn request(&mut self, method: &str, path: &str, body: Bytes) -> Result<(u16, String)> {
-        self.send.ready().await?;
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, "127.0.0.1")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
-        let resp = self.send.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
 /// Puts `bench/<task>/<seq>` = the payload through `POST /v3/kv/put`, on its own connection.
 struct EtcdWriter {
-    port: u16,
+    /// The member this client talks to ([`etcd::client_url`] spreads clients over members).
+    url: String,
     conn: Option<EtcdConn>,
     prefix: String,
     value_b64: Arc<str>,
@@ -549,7 +506,7 @@ impl Writer for EtcdWriter {
     async fn write(&mut self, seq: u64) -> Result<(), String> {
         if self.conn.is_none() {
             self.conn = Some(
-                EtcdConn::connect(self.port)
+                EtcdConn::connect(&self.url)
                     .await
                     .map_err(|e| format!("connect: {}", short(&e.to_string())))?,
             );
@@ -582,7 +539,7 @@ async fn create_phase_etcd(args: &Args, payload: &Arc<str>, bin: &Path) -> Resul
         .into();
     let writers = (0..args.clients)
         .map(|i| EtcdWriter {
-            port: etcd.client_port,
+            url: etcd::client_url(std::slice::from_ref(&etcd.client_url), i).to_string(),
             conn: None,
             prefix: format!("bench/{i}"),
             value_b64: value_b64.clone(),
