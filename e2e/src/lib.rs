@@ -184,9 +184,6 @@ impl Claim {
 /// Claims a number in `range` that no live test process holds, starting at a random
 /// point; a lock file whose process is gone is taken over.
 pub fn claim_octet(pool: &str, range: std::ops::RangeInclusive<u8>) -> Result<Claim> {
-    let dir = std::env::temp_dir().join(pool);
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let me = std::process::id();
     let (lo, hi) = (u32::from(*range.start()), u32::from(*range.end()));
     if lo > hi {
         bail!("empty range {range:?}");
@@ -194,33 +191,65 @@ pub fn claim_octet(pool: &str, range: std::ops::RangeInclusive<u8>) -> Result<Cl
     let len = hi - lo + 1;
     let start = rand_u32() % len;
     for i in 0..len {
-        let n = (lo + (start + i) % len) as u8;
-        let path = dir.join(n.to_string());
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    std::io::Write::write_all(&mut f, me.to_string().as_bytes())?;
-                    return Ok(Claim { octet: n, path });
-                }
-                Err(_) => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                    let alive = holder
-                        .trim()
-                        .parse::<u32>()
-                        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                    if alive {
-                        break;
-                    }
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
+        if let Some(claim) = try_claim(pool, (lo + (start + i) % len) as u8)? {
+            return Ok(claim);
         }
     }
     bail!("all {len} numbers of pool {pool} are held by live test processes")
+}
+
+/// Claims `n` if no live process holds it (taking over the lock file of a dead one).
+pub fn try_claim(pool: &str, n: u8) -> Result<Option<Claim>> {
+    let dir = std::env::temp_dir().join(pool);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(n.to_string());
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())?;
+                return Ok(Some(Claim { octet: n, path }));
+            }
+            Err(_) => {
+                if claim_holder_alive(&path) {
+                    return Ok(None);
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The numbers of `pool` whose lock file names a process that is gone.
+pub fn dead_claims(pool: &str) -> Vec<u8> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir().join(pool)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let n = e.file_name().to_str()?.parse::<u8>().ok()?;
+            (!claim_holder_alive(&e.path())).then_some(n)
+        })
+        .collect()
+}
+
+fn claim_holder_alive(path: &Path) -> bool {
+    let holder = std::fs::read_to_string(path).unwrap_or_default();
+    if holder.trim().is_empty() {
+        // Created but not written yet: a claim in progress, unless it is old.
+        return std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < Duration::from_secs(10)));
+    }
+    holder
+        .trim()
+        .parse::<u32>()
+        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 fn rand_u32() -> u32 {

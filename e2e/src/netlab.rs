@@ -24,7 +24,33 @@
 //! Dropping the lab kills every process in its namespaces, deletes its namespaces (and with
 //! them their veths, nftables tables and qdiscs) and the root-side veth, and releases the
 //! /24 — also when the test panics, in which case every process's log is printed first.
+//! A test process killed by SIGKILL skips Drop; the next lab made on the machine removes
+//! what it left (names under that /24's prefix, see [`stale_prefix`]) and frees the /24.
 //! The methods are synchronous and short, except [`Lab::stop`] (up to [`STOP_GRACE`]).
+//!
+//! `ip netns exec` also gives each started process a mount namespace of its own (a slave
+//! of the root one, with `/sys` remounted for the host's network): mounts a process makes
+//! are not seen by the test or by the same command restarted. That is right for control
+//! boxes; an agent that must find its earlier containers' mounts after a restart would need
+//! to run in the test's mount namespace (`nsenter --net=/run/netns/<ns>`), which
+//! [`Lab::spawn`] does not offer yet.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use kith_e2e::netlab::Lab;
+//!
+//! let mut lab = Lab::new("demo")?;
+//! let a = lab.add_host("a")?;
+//! lab.add_host("b")?;
+//! lab.spawn("a", "web", "/bin/busybox", ["httpd", "-f", "-p", "8080"], &[])?;
+//! lab.partition("a", &["b"])?; // b can't reach a; the test process still can
+//! println!("http://{a}:8080/");
+//! lab.heal("a")?;
+//! lab.kill9("web")?;
+//! lab.restart("web")?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -37,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{claim_octet, Claim};
+use crate::{claim_octet, dead_claims, try_claim, Claim};
 
 /// The first two octets of every lab's /24.
 pub const NET_PREFIX: [u8; 2] = [172, 29];
@@ -257,6 +283,7 @@ impl Lab {
         };
         // From here on, Drop undoes whatever was made.
         remove_stale(&stale_prefix(octet));
+        remove_dead_labs();
         std::fs::create_dir_all(lab.dir.path().join("logs"))?;
         std::fs::create_dir_all(lab.dir.path().join("hosts"))?;
         let br = bridge_netns(&lab.name);
@@ -716,6 +743,18 @@ impl Drop for Lab {
             }
         }
         if let Some(claim) = self.claim.take() {
+            claim.release();
+        }
+    }
+}
+
+/// Cleans up after every lab whose test process died without dropping it (SIGKILL, e.g.
+/// a test timeout): claims its /24 — so nobody else is using the names — removes what it
+/// left, and releases the /24.
+fn remove_dead_labs() {
+    for n in dead_claims(CLAIM_POOL) {
+        if let Ok(Some(claim)) = try_claim(CLAIM_POOL, n) {
+            remove_stale(&stale_prefix(n));
             claim.release();
         }
     }

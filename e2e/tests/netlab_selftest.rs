@@ -262,3 +262,75 @@ async fn etcd_cluster_replicates() {
     };
     ensure_ok(body.await);
 }
+
+/// Whether `pid` runs (a zombie does not: it only waits for its parent to reap it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.starts_with(" Z"))
+    })
+}
+
+/// Not a test of its own: the process [`a_killed_test_process_is_cleaned_up_after`] starts
+/// and SIGKILLs, holding a lab (with a process in it) when it dies.
+#[test]
+#[ignore = "run by a_killed_test_process_is_cleaned_up_after"]
+fn lab_holder() {
+    let Some(out) = std::env::var_os("KITH_NETLAB_HOLDER_OUT") else {
+        return;
+    };
+    let mut lab = Lab::new("dead").expect("create lab");
+    lab.add_host("a").expect("add host");
+    lab.spawn("a", "sleeper", BUSYBOX, ["sleep", "600"], &[])
+        .expect("spawn");
+    let line = format!(
+        "{} {} {}",
+        lab.name(),
+        lab.lock_file().expect("lock").display(),
+        lab.pid("sleeper").expect("pid")
+    );
+    let tmp = std::path::PathBuf::from(&out).with_extension("tmp");
+    std::fs::write(&tmp, line).expect("write");
+    std::fs::rename(&tmp, &out).expect("rename");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_test_process_is_cleaned_up_after() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("holder");
+    let mut holder = Command::new(std::env::current_exe().expect("own binary"))
+        .args(["--exact", "lab_holder", "--ignored", "--nocapture"])
+        .env("KITH_NETLAB_HOLDER_OUT", &out)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the holder process");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: no Drop runs, as when a test times out.
+    holder.kill().expect("SIGKILL the holder");
+    holder.wait().expect("reap the holder");
+    let line = std::fs::read_to_string(&out).expect("the holder made a lab within 30 s");
+    let mut parts = line.split(' ');
+    let (name, lock, pid) = (
+        parts.next().expect("name").to_string(),
+        std::path::PathBuf::from(parts.next().expect("lock")),
+        parts.next().expect("pid").parse::<u32>().expect("pid"),
+    );
+    assert!(
+        !leftovers(&name).unwrap().is_empty(),
+        "the killed process left nothing, so this test shows nothing"
+    );
+    assert!(alive(pid), "the sleeper died with the holder");
+
+    let lab = Lab::new("after").expect("create lab");
+    assert_eq!(leftovers(&name).unwrap(), Vec::<String>::new());
+    assert!(!alive(pid), "the dead lab's sleeper still runs");
+    assert!(
+        !lock.exists() || lab.lock_file() == Some(lock.as_path()),
+        "the dead lab's lock file {} remains",
+        lock.display()
+    );
+}
