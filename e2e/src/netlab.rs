@@ -313,7 +313,8 @@ impl Lab {
         &self.name
     }
 
-    /// The test process's address on the lab's /24 (what hosts use to reach it).
+    /// The test process's address on the lab's /24: what hosts use to reach it. A server
+    /// in the test process must listen on it (or on 0.0.0.0), not on 127.0.0.1.
     pub fn root_addr(&self) -> Ipv4Addr {
         root_addr(self.octet)
     }
