@@ -820,3 +820,38 @@ macro_rules! kubectl_tests {
         )*
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_exclusive_released_and_taken_over_from_the_dead() {
+        let pool = format!("kith-e2e-claim-test-{}", rand_u32());
+        let dir = std::env::temp_dir().join(&pool);
+        let a = claim_octet(&pool, 7..=8).unwrap();
+        let b = claim_octet(&pool, 7..=8).unwrap();
+        assert_ne!(a.octet, b.octet);
+        assert!(claim_octet(&pool, 7..=8).is_err(), "a full pool");
+        assert!(try_claim(&pool, a.octet).unwrap().is_none(), "held by us");
+        let freed = a.octet;
+        a.release();
+        let c = claim_octet(&pool, 7..=8).unwrap();
+        assert_eq!(c.octet, freed);
+
+        // A lock file naming a process that has exited.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = gone.id();
+        gone.wait().unwrap();
+        std::fs::write(dir.join("9"), dead_pid.to_string()).unwrap();
+        assert_eq!(dead_claims(&pool), vec![9]);
+        let d = try_claim(&pool, 9).unwrap().expect("taken over");
+        assert!(dead_claims(&pool).is_empty());
+
+        for claim in [b, c, d] {
+            claim.release();
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}
