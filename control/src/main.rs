@@ -81,7 +81,8 @@ enum Command {
         /// Raft heartbeat interval.
         #[arg(long, default_value_t = kith_control::region::Timers::default().heartbeat_ms)]
         heartbeat_ms: u64,
-        /// A follower starts an election after a random time in [N, 2N] ms without a leader.
+        /// A follower campaigns after a random time in [N, 1.5N] ms (after a 1.5N ms leader lease)
+        /// without a heartbeat.
         #[arg(long, default_value_t = kith_control::region::Timers::default().election_min_ms)]
         election_timeout_ms: u64,
         /// Build a snapshot (and trim the log) after this many applied entries.

@@ -35,6 +35,7 @@ use tokio::process::{Child, Command};
 pub mod bench;
 pub mod etcd;
 pub mod netlab;
+pub mod region;
 
 /// How long `kith up` may take to write its kubeconfig and answer `/readyz`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -37,14 +37,18 @@ use crate::store::network::TransportError;
 use crate::store::{NodeId, RaftStore, StoreConfig, StoreOpenError};
 use transport::{serve_peers, HttpsTransport};
 
-/// Raft timers of a region. The defaults suit links of 20–200 ms round trip: a heartbeat
-/// well inside the election timeout even over the slowest link, and an election timeout
-/// long enough that a late heartbeat or one lost packet does not start an election, short
-/// enough that a dead leader is replaced in about a second and a half.
+/// Raft timers of a region. The defaults suit links of 20–200 ms round trip:
+/// - openraft waits at most one heartbeat interval for an AppendEntries answer, so the
+///   interval must exceed the slowest round trip plus an fsync: 250 ms;
+/// - a follower that heard from a leader waits its lease (the maximum election timeout)
+///   plus a random election timeout before it campaigns, and does not vote for others
+///   meanwhile — that is what keeps a slow link or a slow disk from starting elections.
+///   With 500–750 ms, a dead leader is replaced 1.25–1.5 s after its last heartbeat, and
+///   five heartbeats in a row must be lost before a live one is doubted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timers {
     pub heartbeat_ms: u64,
-    /// Elections start after a random time in [min, 2 × min] without a heartbeat.
+    /// Elections start after a random time in [min, 1.5 × min] (after the lease).
     pub election_min_ms: u64,
     /// Build a snapshot after this many applied entries.
     pub snapshot_every: u64,
@@ -53,8 +57,8 @@ pub struct Timers {
 impl Default for Timers {
     fn default() -> Self {
         Timers {
-            heartbeat_ms: 150,
-            election_min_ms: 1000,
+            heartbeat_ms: 250,
+            election_min_ms: 500,
             snapshot_every: 5000,
         }
     }
@@ -248,7 +252,7 @@ pub async fn open_store(
     store_cfg.addr = membership.peer_addr.clone();
     store_cfg.heartbeat_ms = cfg.timers.heartbeat_ms;
     store_cfg.election_min_ms = cfg.timers.election_min_ms;
-    store_cfg.election_max_ms = cfg.timers.election_min_ms * 2;
+    store_cfg.election_max_ms = cfg.timers.election_min_ms * 3 / 2;
     store_cfg.snapshot_logs_since_last = cfg.timers.snapshot_every;
     // A box that joins waits to be added; only the founder forms a region of its own.
     store_cfg.bootstrap = cfg.join.is_none() && membership.joined_through.is_none();

@@ -143,7 +143,7 @@ impl Proposer {
         &self,
         ops: Vec<WriteOp>,
     ) -> std::result::Result<Vec<Result<Bytes>>, StoreError> {
-        let call = LeaderCall::Write(ops);
+        let call = LeaderCall::write(ops, self.timeout);
         let reply = leader::call(self.me, &self.raft, &self.transport, call, self.timeout).await?;
         let (index, results) = leader::written(reply)?;
         // Read-your-writes through a follower: answer once this replica has the entry.

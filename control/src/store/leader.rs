@@ -38,14 +38,34 @@ use super::{KithRaft, NodeId, Replies};
 /// A call only the leader answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LeaderCall {
-    /// Append these writes as one entry.
-    Write(Vec<WriteOp>),
+    /// Append these writes as one entry, unless the leader's clock is past `expires_ms`
+    /// (Unix milliseconds): by then the writers were told their writes failed, and a
+    /// message held up in a broken link must not apply them behind their backs.
+    Write { ops: Vec<WriteOp>, expires_ms: u64 },
     /// The log index a linearizable read must wait for.
     ReadIndex,
     /// Make `id` (reachable at `addr`) a voter: a learner first, caught up, then promoted.
     AddVoter { id: NodeId, addr: String },
     /// Take `id` out of the membership altogether.
     Remove { id: NodeId },
+}
+
+impl LeaderCall {
+    /// A write that expires `timeout` from now.
+    pub fn write(ops: Vec<WriteOp>, timeout: Duration) -> LeaderCall {
+        LeaderCall::Write {
+            ops,
+            expires_ms: unix_ms().saturating_add(timeout.as_millis() as u64),
+        }
+    }
+}
+
+/// Now, in Unix milliseconds (the region's boxes keep their clocks in step, as any
+/// TLS-speaking box must; a skew only shifts when a late write is refused).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The leader's answer.
@@ -82,7 +102,12 @@ pub fn known_leader(raft: &KithRaft) -> Option<(NodeId, BasicNode)> {
 /// Answer `call` with this node's Raft (the receiving side of [`RaftTransport::leader`]).
 pub async fn serve(raft: &KithRaft, call: LeaderCall) -> LeaderReply {
     match call {
-        LeaderCall::Write(ops) => match raft.client_write(ops).await {
+        LeaderCall::Write { expires_ms, .. } if unix_ms() > expires_ms => {
+            LeaderReply::Failed(StoreError::Unavailable(
+                "the write reached the leader after its deadline; not applied".into(),
+            ))
+        }
+        LeaderCall::Write { ops, .. } => match raft.client_write(ops).await {
             Ok(resp) => LeaderReply::Written {
                 index: resp.log_id.index,
                 results: resp.data,
@@ -212,8 +237,8 @@ pub fn after_attempt(
         Err(e @ TransportError::Unreachable { .. }) => Next::Retry(e.to_string()),
         Err(e @ TransportError::Lost { .. }) => match call {
             // Resending could apply the writes twice.
-            LeaderCall::Write(_) => Next::Fail(StoreError::Unavailable(format!(
-                "{e}; the write may still be applied"
+            LeaderCall::Write { .. } => Next::Fail(StoreError::Unavailable(format!(
+                "the leader of the region did not answer this box ({e}); the write may still be applied"
             ))),
             _ => Next::Retry(e.to_string()),
         },
@@ -318,7 +343,7 @@ mod tests {
 
     #[test]
     fn retry_policy_table() {
-        let write = LeaderCall::Write(Vec::new());
+        let write = LeaderCall::write(Vec::new(), Duration::from_secs(1));
         let read = LeaderCall::ReadIndex;
         let not_leader = LeaderReply::NotLeader {
             leader_id: Some(3),

@@ -494,10 +494,13 @@ impl ObjectStore for RaftStore {
             })?
         };
         // If this fires while the write is still queued, the proposer drops it unwritten.
-        match tokio::time::timeout(self.request_timeout, queued_and_applied).await {
+        // A little past the proposer's own deadline, so that its more precise answer (no
+        // leader, leader silent) is the one the writer gets.
+        let limit = self.request_timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, queued_and_applied).await {
             Err(_) => Err(StoreError::Unavailable(format!(
                 "write not committed within {}ms; it may still be applied",
-                self.request_timeout.as_millis()
+                limit.as_millis()
             ))),
             Ok(result) => result,
         }

@@ -1,0 +1,289 @@
+//! A region of real control boxes, each a `kith control` process on its own network
+//! namespace host, driven with kubectl 1.33 as a user would:
+//! - three boxes form a region (one founds it, two join through it with a join token);
+//! - a Deployment applied through a follower is seen on every box, and the controllers
+//!   (running on the leader) make its ReplicaSet and pods;
+//! - kill -9 the leader: the survivors elect another and take writes again; the killed box
+//!   restarts and catches up;
+//! - a box cut off from the other two refuses writes with a 503 naming the cause, while the
+//!   majority keeps working; healed, it converges;
+//! - a 4th and 5th box join while a writer keeps writing; one leaves; nothing acknowledged
+//!   is lost on any box.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kith_e2e::region::Region;
+use kith_e2e::Kubectl;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+
+const K: Kubectl = Kubectl::V1_33;
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: registry.invalid/web:v1
+"#;
+
+fn cm(name: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        data: Some([("k".to_string(), name.to_string())].into()),
+        ..Default::default()
+    }
+}
+
+/// Create ConfigMap `name` through the box on `host`; the error's text if refused.
+async fn create_on(region: &Region, host: &str, name: &str) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(region.client(host).await?, "default");
+    api.create(&PostParams::default(), &cm(name))
+        .await
+        .map(|_| ())
+        .with_context(|| format!("create {name} on {host}"))
+}
+
+/// Names of the ConfigMaps a box lists (a linearizable list).
+async fn names_on(region: &Region, host: &str) -> Result<BTreeSet<String>> {
+    let api: Api<ConfigMap> = Api::namespaced(region.client(host).await?, "default");
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect())
+}
+
+/// Wait until the box on `host` lists every name in `want`.
+async fn converged(region: &Region, host: &str, want: &BTreeSet<String>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match names_on(region, host).await {
+            Ok(have) if want.is_subset(&have) => return Ok(()),
+            Ok(have) if Instant::now() > deadline => {
+                bail!(
+                    "{host} misses {:?}",
+                    want.difference(&have).collect::<Vec<_>>()
+                )
+            }
+            Err(e) if Instant::now() > deadline => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_survives_losing_a_minority() {
+    let mut region = Region::new("reg", &["c1", "c2", "c3", "c4", "c5"], &[]).expect("lab");
+    let result = run(&mut region).await;
+    if let Err(e) = result {
+        // The lab prints every box's log as it drops during the panic.
+        panic!("{e:#}");
+    }
+}
+
+async fn run(region: &mut Region) -> Result<()> {
+    region.found("c1").await?;
+    region.join("c2", "c1").await?;
+    region.join("c3", "c1").await?;
+    let leader = region.leader(&[]).await?;
+    ensure!(
+        region.metric(&leader, "kith_raft_members").await? == 3.0,
+        "three members"
+    );
+    let followers: Vec<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|h| *h != leader)
+        .collect();
+    let (f1, f2) = (followers[0].clone(), followers[1].clone());
+
+    // A Deployment through a follower; another follower shows what the leader's
+    // controllers made of it.
+    let manifest = region.lab.dir().join("web.yaml");
+    std::fs::write(&manifest, DEPLOYMENT)?;
+    let path = manifest.display().to_string();
+    region.kubectl_ok(&f1, K, &["apply", "-f", &path]).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = region
+            .kubectl_ok(&f2, K, &["get", "pods", "-l", "app=web", "-o", "name"])
+            .await?;
+        if pods.lines().count() == 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the deployment's pods did not appear on {f2}: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let rs = region
+        .kubectl_ok(&f2, K, &["get", "rs", "-l", "app=web", "-o", "name"])
+        .await?;
+    ensure!(rs.lines().count() == 1, "one ReplicaSet: {rs:?}");
+
+    let mut written: BTreeSet<String> = BTreeSet::new();
+    for i in 0..5 {
+        let name = format!("before-kill-{i}");
+        create_on(region, &f1, &name).await?;
+        written.insert(name);
+    }
+
+    // kill -9 the leader: a survivor takes writes again.
+    region.kill9(&leader)?;
+    let killed_at = Instant::now();
+    let mut n = 0;
+    loop {
+        let name = format!("after-kill-{n}");
+        n += 1;
+        match create_on(region, &f1, &name).await {
+            Ok(()) => {
+                written.insert(name);
+                break;
+            }
+            Err(e) => {
+                ensure!(
+                    killed_at.elapsed() < Duration::from_secs(30),
+                    "no write accepted 30 s after the leader died: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!(
+        "first write after kill -9 of the leader: {:?}",
+        killed_at.elapsed()
+    );
+    let new_leader = region.leader(&[&leader]).await?;
+    ensure!(new_leader != leader, "a new leader");
+    for i in 0..5 {
+        let name = format!("while-down-{i}");
+        create_on(region, &f2, &name).await?;
+        written.insert(name);
+    }
+    // The killed box restarts and catches up.
+    region.restart(&leader).await?;
+    converged(region, &leader, &written).await?;
+    let old_leader = leader;
+
+    // Cut one follower off from the other two boxes.
+    let leader = region.leader(&[]).await?;
+    let cut = ["c1", "c2", "c3"]
+        .into_iter()
+        .find(|h| *h != leader)
+        .context("a follower")?
+        .to_string();
+    let others: Vec<&str> = ["c1", "c2", "c3"]
+        .into_iter()
+        .filter(|h| *h != cut)
+        .collect();
+    region.lab.partition(&cut, &others)?;
+    let started = Instant::now();
+    let refused = region
+        .kubectl(&cut, K, &["create", "configmap", "on-the-minority"])
+        .await?;
+    ensure!(!refused.status.success(), "a minority box accepted a write");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(stderr.contains("leader"), "the refusal says why: {stderr}");
+    eprintln!(
+        "minority refusal after {:?}: {}",
+        started.elapsed(),
+        stderr.trim()
+    );
+    for i in 0..5 {
+        let name = format!("during-partition-{i}");
+        create_on(region, others[0], &name).await?;
+        written.insert(name);
+    }
+    region.lab.heal(&cut)?;
+    converged(region, &cut, &written).await?;
+    ensure!(
+        !names_on(region, &cut).await?.contains("on-the-minority"),
+        "the refused write never appears"
+    );
+
+    // Two more boxes join while a writer keeps writing; then one leaves.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let client = region.client(&leader).await?;
+        tokio::spawn(async move {
+            let api: Api<ConfigMap> = Api::namespaced(client, "default");
+            let mut acked = Vec::new();
+            let mut failed = 0;
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("during-join-{i}");
+                i += 1;
+                match api.create(&PostParams::default(), &cm(&name)).await {
+                    Ok(_) => acked.push(name),
+                    Err(_) => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, failed)
+        })
+    };
+    region.join("c4", &old_leader).await?;
+    region.join("c5", &cut).await?;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = writer.await?;
+    eprintln!(
+        "during the joins: {} writes acknowledged, {failed} refused",
+        acked.len()
+    );
+    ensure!(
+        acked.len() >= 3 && failed == 0,
+        "writes went on during the joins: {} acknowledged, {failed} refused",
+        acked.len()
+    );
+    written.extend(acked);
+    let leader = region.leader(&[]).await?;
+    ensure!(
+        region.metric(&leader, "kith_raft_members").await? == 5.0,
+        "five members"
+    );
+    for host in ["c4", "c5"] {
+        converged(region, host, &written).await?;
+    }
+
+    region.leave("c4")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region.running("c4")? {
+        ensure!(Instant::now() < deadline, "c4 still runs after leaving");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader = region.leader(&["c4"]).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while region.metric(&leader, "kith_raft_members").await? != 4.0 {
+        ensure!(Instant::now() < deadline, "c4 is still a member");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    create_on(region, "c5", "after-leave").await?;
+    written.insert("after-leave".into());
+    for host in ["c1", "c2", "c3", "c5"] {
+        converged(region, host, &written).await?;
+    }
+    Ok(())
+}
