@@ -32,6 +32,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+pub mod agent;
 pub mod bench;
 pub mod etcd;
 pub mod netlab;

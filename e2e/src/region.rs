@@ -110,6 +110,11 @@ impl Region {
         Ok(())
     }
 
+    /// The region's join token (for boxes and agents).
+    pub fn token(&self) -> Result<String> {
+        self.token.clone().context("found the region first")
+    }
+
     /// Start a box on `host` that joins through the box on `through`; returns once it
     /// serves (it is a voter by then).
     pub async fn join(&mut self, host: &str, through: &str) -> Result<()> {

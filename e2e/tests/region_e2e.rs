@@ -1,8 +1,11 @@
 //! A region of real control boxes, each a `kith control` process on its own network
 //! namespace host, driven with kubectl 1.33 as a user would:
 //! - three boxes form a region (one founds it, two join through it with a join token);
-//! - a Deployment applied through a follower is seen on every box, and the controllers
-//!   (running on the leader) make its ReplicaSet and pods;
+//! - two agents (`kith agent`, real containers; they run beside the test process and reach
+//!   the boxes over the lab's bridge) join through a follower;
+//! - a Deployment applied through a follower is seen on every box, the controllers (running
+//!   on the leader) make its ReplicaSet and pods, and the agents run them; the pods keep
+//!   running, never restarted, through everything below;
 //! - kill -9 the leader: the survivors elect another and take writes again; the killed box
 //!   restarts and catches up;
 //! - a box cut off from the other two refuses writes with a 503 naming the cause, while the
@@ -17,13 +20,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
+use kith_agent::image::testing::{ImageOptions, TestRegistry};
+use kith_e2e::agent::RemoteAgent;
 use kith_e2e::region::Region;
-use kith_e2e::Kubectl;
+use kith_e2e::{AgentOptions, Kubectl};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 
 const K: Kubectl = Kubectl::V1_33;
 
-const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+fn deployment(image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: web
@@ -31,15 +38,47 @@ metadata:
 spec:
   replicas: 2
   selector:
-    matchLabels: {app: web}
+    matchLabels: {{app: web}}
   template:
     metadata:
-      labels: {app: web}
+      labels: {{app: web}}
     spec:
       containers:
       - name: web
-        image: registry.invalid/web:v1
-"#;
+        image: {image}
+        command: ["sh", "-c", "exec sleep 3600"]
+"#
+    )
+}
+
+/// `kubectl get pods -l app=web` as (name, phase, restarts) rows.
+async fn web_pods(region: &Region, host: &str) -> Result<Vec<(String, String, String)>> {
+    let out = region
+        .kubectl_ok(
+            host,
+            K,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+            ],
+        )
+        .await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+                f.next().unwrap_or("").to_string(),
+            ))
+        })
+        .collect())
+}
 
 fn cm(name: &str) -> ConfigMap {
     ConfigMap {
@@ -94,15 +133,34 @@ async fn converged(region: &Region, host: &str, want: &BTreeSet<String>) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_survives_losing_a_minority() {
-    let mut region = Region::new("reg", &["c1", "c2", "c3", "c4", "c5"], &[]).expect("lab");
-    let result = run(&mut region).await;
+    // The agents' pod network: a /16 no other test holds, the region's cluster CIDR.
+    let a1 = AgentOptions::unique("ra1");
+    let a2 = AgentOptions::unique("ra2");
+    let cidr = a1.cluster_cidr.clone();
+    let mut region = Region::new(
+        "reg",
+        &["c1", "c2", "c3", "c4", "c5"],
+        &["--cluster-cidr", &cidr],
+    )
+    .expect("lab");
+    let mut agents = Vec::new();
+    let result = run(&mut region, [a1, a2], &mut agents).await;
     if let Err(e) = result {
-        // The lab prints every box's log as it drops during the panic.
+        // The lab prints every box's log, the agents theirs, as they drop in the panic.
         panic!("{e:#}");
     }
 }
 
-async fn run(region: &mut Region) -> Result<()> {
+async fn run(
+    region: &mut Region,
+    agent_opts: [AgentOptions; 2],
+    agents: &mut Vec<RemoteAgent>,
+) -> Result<()> {
+    let registry = TestRegistry::start()?;
+    registry
+        .push_busybox("busybox", "1", ImageOptions::default())
+        .await?;
+    let image = registry.image("busybox", "1");
     region.found("c1").await?;
     region.join("c2", "c1").await?;
     region.join("c3", "c1").await?;
@@ -118,26 +176,67 @@ async fn run(region: &mut Region) -> Result<()> {
         .collect();
     let (f1, f2) = (followers[0].clone(), followers[1].clone());
 
-    // A Deployment through a follower; another follower shows what the leader's
-    // controllers made of it.
-    let manifest = region.lab.dir().join("web.yaml");
-    std::fs::write(&manifest, DEPLOYMENT)?;
-    let path = manifest.display().to_string();
-    region.kubectl_ok(&f1, K, &["apply", "-f", &path]).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Two agents join through a follower.
+    let token = region.token()?;
+    for a in &agent_opts {
+        let dir = region.lab.dir().join(format!("agent-{}", a.node_name));
+        let log = region.lab.dir().join(format!("agent-{}.log", a.node_name));
+        agents.push(RemoteAgent::start(
+            &[region.url(&f2)?],
+            &token,
+            &dir,
+            a,
+            &[],
+            &log,
+        )?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let pods = region
-            .kubectl_ok(&f2, K, &["get", "pods", "-l", "app=web", "-o", "name"])
+        let ready = region
+            .kubectl_ok(
+                &f1,
+                K,
+                &[
+                    "get",
+                    "nodes",
+                    "-o",
+                    "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+                ],
+            )
             .await?;
-        if pods.lines().count() == 2 {
+        if ready.lines().filter(|l| *l == "True").count() == 2 {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "the deployment's pods did not appear on {f2}: {pods:?}"
+            "the agents' nodes are not Ready: {ready:?}\n{}",
+            agents
+                .iter()
+                .map(|a| a.log())
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+
+    // A Deployment through a follower; another follower shows what the leader's
+    // controllers made of it, and the agents run its pods.
+    let manifest = region.lab.dir().join("web.yaml");
+    std::fs::write(&manifest, deployment(&image))?;
+    let path = manifest.display().to_string();
+    region.kubectl_ok(&f1, K, &["apply", "-f", &path]).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let running = loop {
+        let pods = web_pods(region, &f2).await?;
+        if pods.len() == 2 && pods.iter().all(|p| p.1 == "Running") {
+            break pods;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the deployment's pods are not Running on {f2}: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let rs = region
         .kubectl_ok(&f2, K, &["get", "rs", "-l", "app=web", "-o", "name"])
         .await?;
@@ -285,5 +384,12 @@ async fn run(region: &mut Region) -> Result<()> {
     for host in ["c1", "c2", "c3", "c5"] {
         converged(region, host, &written).await?;
     }
+    // The same pods still run, never restarted.
+    let after = web_pods(region, "c5").await?;
+    let same: Vec<(String, String, String)> = running
+        .iter()
+        .map(|(n, _, _)| (n.clone(), "Running".to_string(), "0".to_string()))
+        .collect();
+    ensure!(after == same, "pods before {running:?}, after {after:?}");
     Ok(())
 }

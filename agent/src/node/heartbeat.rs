@@ -129,12 +129,18 @@ async fn renew_lease(
         Err(e) if is_code(&e, 404) => {}
         Err(e) => return Err(e.into()),
     }
-    // No Lease yet (or someone removed it, or its namespace).
+    // No Lease yet (or someone removed it). Its namespace is one every cluster has; only
+    // if that is gone too is it made again (a node may not create namespaces in general,
+    // so the attempt is made only when needed).
+    let lease = lease_object(cfg, node_uid, now);
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => return Ok(()),
+        Err(e) if is_code(&e, 409) => return Ok(()),
+        Err(e) if is_code(&e, 404) => {}
+        Err(e) => return Err(e.into()),
+    }
     ensure_namespace(client).await?;
-    match leases
-        .create(&PostParams::default(), &lease_object(cfg, node_uid, now))
-        .await
-    {
+    match leases.create(&PostParams::default(), &lease).await {
         Ok(_) => Ok(()),
         Err(e) if is_code(&e, 409) => Ok(()),
         Err(e) => Err(e.into()),
