@@ -9,6 +9,7 @@
 //! ```
 //! Start with `sync` for the decisions and `runtime` for how a container runs.
 
+pub mod failover;
 pub mod image;
 pub mod join;
 pub mod network;

@@ -92,8 +92,10 @@ enum Command {
     /// Run this box's agent against a cluster: join with a token the first time, then run
     /// the pods the scheduler binds here.
     Agent {
-        /// The API server, e.g. https://192.0.2.10:6443 (the first one is used).
-        #[arg(long, required = true)]
+        /// An API server of the region, e.g. https://192.0.2.10:6443; repeatable: the agent
+        /// joins through the first that answers and fails over between them. Kept in the
+        /// agent's kubeconfig: a restart without --server uses the stored ones.
+        #[arg(long)]
         server: Vec<String>,
         /// A join token from `kith token create` (needed until the agent has joined).
         #[arg(long, env = "KITH_TOKEN")]
@@ -391,7 +393,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             up::preflight(&up::HostFacts::read())?;
             let node_name = node_name_or_hostname(node_name)?;
-            let server = server[0].clone();
             let opts = kith_agent::run::AgentOptions {
                 node_name: node_name.clone(),
                 data_dir: data_dir.clone(),
@@ -412,10 +413,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             data_dir.display()
                         );
                     };
-                    kith_agent::join::bootstrap(&server, &token, &node_name, &kubeconfig).await?;
-                    println!("joined {server} as node {node_name}");
+                    if server.is_empty() {
+                        anyhow::bail!("pass --server (an API server of the region) to join");
+                    }
+                    let via =
+                        kith_agent::join::bootstrap(&server, &token, &node_name, &kubeconfig)
+                            .await?;
+                    println!("joined {via} as node {node_name}");
+                } else {
+                    kith_agent::join::update_servers(&kubeconfig, &server)?;
                 }
-                let client = client_from_kubeconfig(&kubeconfig).await?;
+                let client = kith_agent::join::client_from_kubeconfig(&kubeconfig).await?;
                 // Sampled and metered here (`kith usage --data-dir`); not yet served to
                 // the control plane's metrics.k8s.io.
                 let stats = opts.stats();
@@ -480,14 +488,6 @@ fn node_name_or_hostname(name: Option<String>) -> anyhow::Result<String> {
             .to_string_lossy()
             .to_lowercase()),
     }
-}
-
-/// A client with the credentials of a kubeconfig file.
-async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

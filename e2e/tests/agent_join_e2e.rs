@@ -1,6 +1,7 @@
 //! `kith agent` as its own process joining a cluster with a join token: a bad token is
 //! refused with a clear message; a good one gets a node certificate, the Node registers,
-//! gets a podCIDR, and a pod bound to it runs.
+//! gets a podCIDR, and a pod bound to it runs. The agent is given a dead server first:
+//! it joins and keeps working through the next one.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -45,17 +46,24 @@ impl Drop for RemoteAgent {
     }
 }
 
+/// An https URL on a loopback port nothing listens on.
+fn dead_server() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(format!("https://{}", l.local_addr()?))
+}
+
 fn agent_command(
-    cluster: &Cluster,
+    servers: &[String],
     dir: &std::path::Path,
     token: &str,
     a: &AgentOptions,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(kith_bin());
-    cmd.arg("agent")
-        .arg("--server")
-        .arg(cluster.server_url())
-        .arg("--token")
+    cmd.arg("agent");
+    for s in servers {
+        cmd.arg("--server").arg(s);
+    }
+    cmd.arg("--token")
         .arg(token)
         .arg("--data-dir")
         .arg(dir)
@@ -92,11 +100,12 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
 
     let remote = AgentOptions::unique("rem");
     let dir = cluster.scratch().join("remote-agent");
+    let servers = [dead_server()?, cluster.server_url()];
 
     // A token of the right cluster but with a wrong secret: refused, nothing written.
     let (head, _) = token.rsplit_once('.').context("token shape")?;
     let forged = format!("{head}.0000000000000000");
-    let out = agent_command(&cluster, &dir, &forged, &remote)
+    let out = agent_command(&servers, &dir, &forged, &remote)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -109,7 +118,7 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     // The real token.
     let log = cluster.scratch().join("remote-agent.log");
     let logf = std::fs::File::create(&log)?;
-    let child = agent_command(&cluster, &dir, &token, &remote)
+    let child = agent_command(&servers, &dir, &token, &remote)
         .stdout(logf.try_clone()?)
         .stderr(logf)
         .spawn()?;
@@ -155,6 +164,9 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     let kubeconfig = std::fs::metadata(dir.join("kubeconfig"))?;
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(kubeconfig.permissions().mode() & 0o777, 0o600);
+    // Both servers are kept for a restart, the dead one too (it may come back).
+    let stored = kith_agent::join::read_kubeconfig(&dir.join("kubeconfig"))?;
+    assert_eq!(stored.servers, servers);
 
     let ns = cluster.namespace("join-e2e").await?;
     let pod = format!(
