@@ -10,6 +10,7 @@
 //! With several servers (boxes of one region), the join goes through the first that
 //! answers, and the kubeconfig keeps them all for [`crate::failover`].
 
+use std::net::{IpAddr, ToSocketAddrs, UdpSocket};
 use std::path::Path;
 
 use base64::Engine;
@@ -99,17 +100,30 @@ pub fn try_next_server(e: &JoinError) -> bool {
 
 /// Join through the first of `servers` that answers, as `node_name` with `token`; write a
 /// kubeconfig naming every server to `kubeconfig`. Returns the server joined through.
+///
+/// With `addresses` (where the API server reaches this node), the node also gets a serving
+/// certificate for its port ([`crate::node_server`]), written next to the kubeconfig.
 pub async fn bootstrap(
     servers: &[String],
     token: &str,
     node_name: &str,
+    addresses: &[IpAddr],
     kubeconfig: &Path,
 ) -> Result<String, JoinError> {
     token_ca_hash(token)?;
     let mut last = JoinError::NoServer;
+    let req = JoinRequest {
+        node_name: node_name.to_string(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+    };
     for server in servers {
-        match join_one(server, token, node_name).await {
+        match join_one(server, token, &req).await {
             Ok(reply) => {
+                let dir = kubeconfig.parent().unwrap_or(Path::new("."));
+                if let (Some(cert), Some(key)) = (&reply.serving_cert, &reply.serving_key) {
+                    write_private(&dir.join(crate::node_server::SERVING_KEY), key)?;
+                    write_private(&dir.join(crate::node_server::SERVING_CERT), cert)?;
+                }
                 write_kubeconfig(kubeconfig, servers, node_name, &reply)?;
                 return Ok(server.clone());
             }
@@ -152,7 +166,7 @@ pub async fn fetch_pinned_ca(server: &str, token: &str) -> Result<Vec<u8>, JoinE
 }
 
 /// One join attempt through `server`.
-async fn join_one(server: &str, token: &str, node_name: &str) -> Result<JoinReply, JoinError> {
+async fn join_one(server: &str, token: &str, req: &JoinRequest) -> Result<JoinReply, JoinError> {
     let request_err = |e: kube::Error| JoinError::Request {
         server: server.to_string(),
         message: e.to_string(),
@@ -162,10 +176,7 @@ async fn join_one(server: &str, token: &str, node_name: &str) -> Result<JoinRepl
         message: e.to_string(),
     };
     let der = fetch_pinned_ca(server, token).await?;
-    let body = serde_json::to_vec(&JoinRequest {
-        node_name: node_name.to_string(),
-    })
-    .expect("a join request serializes");
+    let body = serde_json::to_vec(req).expect("a join request serializes");
     let post = http::Request::post("/kith/v1/join")
         .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -176,6 +187,23 @@ async fn join_one(server: &str, token: &str, node_name: &str) -> Result<JoinRepl
         Err(kube::Error::Api(s)) if s.code == 401 => Err(JoinError::Refused),
         Err(e) => Err(request_err(e)),
     }
+}
+
+/// The local address this box reaches `server` (an https URL) from: the address the
+/// control plane can reach it at when no `--node-ip` says otherwise. No packet is sent.
+pub fn local_ip_towards(server: &str) -> Option<IpAddr> {
+    let uri = server.parse::<http::Uri>().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(443);
+    let remote = (host, port).to_socket_addrs().ok()?.next()?;
+    let any: IpAddr = if remote.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((any, 0)).ok()?;
+    socket.connect(remote).ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// The name of the kubeconfig cluster and context of the `i`th server: `kith` for the
@@ -197,8 +225,6 @@ pub fn write_kubeconfig(
     reply: &JoinReply,
 ) -> Result<(), JoinError> {
     use std::fmt::Write as _;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let user = kith_api::join::node_user(node_name);
     let mut clusters = String::new();
@@ -220,6 +246,13 @@ pub fn write_kubeconfig(
         cert = b64(&reply.cert),
         key = b64(&reply.key),
     );
+    write_private(path, &text)
+}
+
+/// Writes `text` to `path` atomically with mode 0600.
+fn write_private(path: &Path, text: &str) -> Result<(), JoinError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let write_err = |source| JoinError::Write {
         path: path.display().to_string(),
         source,
@@ -310,6 +343,7 @@ pub fn read_kubeconfig(path: &Path) -> Result<NodeKubeconfig, JoinError> {
             ca: ca.unwrap_or_default(),
             cert,
             key,
+            ..Default::default()
         },
     })
 }
@@ -456,6 +490,7 @@ mod tests {
             ca: "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".into(),
             cert: "-----BEGIN CERTIFICATE-----\nNODE\n-----END CERTIFICATE-----\n".into(),
             key: "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n".into(),
+            ..Default::default()
         };
         let servers = vec![
             "https://10.0.0.1:6443".to_string(),
@@ -475,5 +510,12 @@ mod tests {
         let back = read_kubeconfig(&path).unwrap();
         assert_eq!(back.servers, other);
         assert_eq!(back.credentials, reply);
+    }
+
+    #[test]
+    fn local_ip_of_a_loopback_server_is_loopback() {
+        let ip = local_ip_towards("https://127.0.0.1:6443").unwrap();
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        assert_eq!(local_ip_towards("not a url"), None);
     }
 }

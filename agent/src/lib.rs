@@ -14,6 +14,7 @@ pub mod image;
 pub mod join;
 pub mod network;
 pub mod node;
+pub mod node_server;
 pub mod run;
 pub mod runtime;
 pub mod server;
