@@ -2,7 +2,7 @@
 //! refused with a clear message; a good one gets a node certificate, the Node registers,
 //! gets a podCIDR, and a pod bound to it runs. The agent is given a dead server first:
 //! it joins and keeps working through the next one. The API server reaches the remote
-//! agent's port over mutual TLS for `kubectl logs` and `kubectl exec`; a client without
+//! agent's port over mutual TLS for `kubectl logs`, `exec` and `top`; a client without
 //! the API server's certificate is refused there.
 
 use std::process::Stdio;
@@ -267,6 +267,31 @@ spec:
         )
         .await?;
     assert!(err.contains("nope"), "{err}");
+
+    // kubectl top: the remote node's use and its pod's come from its port too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = cluster.kubectl(K, &["top", "nodes"]).await?;
+        let pods = cluster.kubectl(K, &["top", "pods", "-n", &ns]).await?;
+        let row = |out: &std::process::Output, name: &str| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name))
+        };
+        if row(&nodes, &remote.node_name)
+            && row(&nodes, &local.node_name)
+            && row(&pods, "on-remote")
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "kubectl top never showed the remote node and pod: {nodes:?} {pods:?}; agent log:\n{}",
+                agent.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The agent's port serves no one without the API server's certificate.
     let mut cfg = kube::Config::new(format!("https://127.0.0.1:{node_port}").parse()?);
