@@ -77,6 +77,17 @@ impl AgentOptions {
         Stats::new(&self.node_name, &self.data_dir, CGROUP_ROOT)
     }
 
+    /// This node as the API server's in-process agent (`kith up`): logs, exec and stats
+    /// with no network hop.
+    pub fn local_parts(&self, stats: Arc<Stats>) -> kith_api::remote_node::LocalParts {
+        kith_api::remote_node::LocalParts {
+            name: self.node_name.clone(),
+            logs: Arc::new(self.local_node()),
+            exec: Arc::new(self.local_node()),
+            stats,
+        }
+    }
+
     /// How the API server reaches this agent: in-process under `kith up`, else through
     /// [`crate::node_server`].
     pub fn local_node(&self) -> LocalNode<LibcontainerRuntime> {

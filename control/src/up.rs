@@ -229,16 +229,8 @@ pub async fn run(
         Some(m) => service.set_joiner(Arc::new(RegionJoiner::new(pki.clone(), &m.peer_addr))),
         None => service.set_joiner(pki.clone()),
     }
-    let local =
-        cfg.agent
-            .as_ref()
-            .zip(stats.clone())
-            .map(|(a, stats)| kith_api::remote_node::LocalParts {
-                name: a.node_name.clone(),
-                logs: Arc::new(a.local_node()),
-                exec: Arc::new(a.local_node()),
-                stats,
-            });
+    let local = cfg.agent.as_ref().zip(stats.clone());
+    let local = local.map(|(agent, stats)| agent.local_parts(stats));
     let nodes = crate::pki::remote_nodes(&pki, client.clone(), local)?;
     service.set_node_connector(nodes.clone());
     service.set_node_exec(nodes.clone());
