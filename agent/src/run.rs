@@ -57,6 +57,9 @@ pub struct AgentOptions {
     pub node_ip: Option<IpAddr>,
     /// The pod bridge, also the name of kith's nftables table (`kith0` by default).
     pub bridge: String,
+    /// The port the API server reaches this node at (`kith agent --node-port`; recorded
+    /// in the Node's `status.daemonEndpoints.kubeletEndpoint.port`).
+    pub node_port: u16,
 }
 
 impl AgentOptions {
@@ -74,7 +77,19 @@ impl AgentOptions {
         Stats::new(&self.node_name, &self.data_dir, CGROUP_ROOT)
     }
 
-    /// How the API server reaches this agent when both run in one process.
+    /// This node as the API server's in-process agent (`kith up`): logs, exec and stats
+    /// with no network hop.
+    pub fn local_parts(&self, stats: Arc<Stats>) -> kith_api::remote_node::LocalParts {
+        kith_api::remote_node::LocalParts {
+            name: self.node_name.clone(),
+            logs: Arc::new(self.local_node()),
+            exec: Arc::new(self.local_node()),
+            stats,
+        }
+    }
+
+    /// How the API server reaches this agent: in-process under `kith up`, else through
+    /// [`crate::node_server`].
     pub fn local_node(&self) -> LocalNode<LibcontainerRuntime> {
         LocalNode::new(
             self.node_name.clone(),
@@ -98,6 +113,7 @@ pub async fn run(
     })?;
     let mut node_cfg = NodeConfig::new(opts.node_name.clone());
     node_cfg.internal_ip = opts.node_ip;
+    node_cfg.server_port = opts.node_port;
     let readings = node::readings::read_node(&opts.data_dir)?;
     let node_obj = node::node_object(&readings, &node_cfg);
     let allocatable = allocatable_of(&node_obj);

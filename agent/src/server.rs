@@ -12,7 +12,8 @@
 //!        ▼
 //!  ContainerRuntime::exec ─► stdin / stdout / stderr / exit code
 //! ```
-//! In a one-box `kith up` the API server calls this in-process.
+//! The API server calls this in-process for the agent of `kith up`, and through the node's
+//! HTTPS port ([`crate::node_server`]) for agents on other boxes.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -102,9 +103,9 @@ impl<R: ContainerRuntime + 'static> LocalNode<R> {
     /// The running attempt an exec goes to, or the 400 saying why there is none.
     async fn exec_key(&self, target: &ExecTarget) -> Result<ContainerKey, ApiError> {
         if target.pod.node != self.node {
-            // As for logs: agents on other boxes are not reachable from here yet.
+            // The API server routes by node; a mismatch means it took us for another.
             return Err(ApiError::BadRequest(format!(
-                "exec in pods on node {} can not be served by this API server yet (only node {}'s)",
+                "exec in pods on node {} asked of node {}",
                 target.pod.node, self.node
             )));
         }
@@ -204,10 +205,9 @@ impl<R: ContainerRuntime + 'static> NodeConnector for LocalNode<R> {
     ) -> Pin<Box<dyn Future<Output = Result<ByteStream, ApiError>> + Send + '_>> {
         Box::pin(async move {
             if target.node != self.node {
-                // Agents on other boxes would serve their pods' logs over HTTPS; that
-                // connection does not exist yet.
+                // The API server routes by node; a mismatch means it took us for another.
                 return Err(ApiError::BadRequest(format!(
-                    "logs of pods on node {} can not be served by this API server yet (only node {}'s)",
+                    "logs of pods on node {} asked of node {}",
                     target.node, self.node
                 )));
             }

@@ -76,7 +76,7 @@ impl ExecQuery {
 }
 
 /// Which process to start, in which container, on which node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExecTarget {
     /// The pod, its node and the chosen container.
     pub pod: LogTarget,

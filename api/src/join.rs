@@ -6,9 +6,13 @@
 //!                                                 SHA-256 against the hash in its join token
 //!  POST /kith/v1/join     Bearer <join token>  → {"ca","cert","key"}: a client certificate
 //!       {"nodeName": "n1"}                       for system:node:n1 in group system:nodes
+//!       {"nodeName": "n1",                     → also {"servingCert","servingKey"}: the
+//!        "addresses": ["192.0.2.7"]}              node's HTTPS serving certificate for
+//!                                                 those addresses and its name
 //!  POST /kith/v1/join/control   Bearer <join token>  → a [`RegionBundle`]: what a new
 //!                                                      control box of the region needs
 //! ```
+//! The two new fields are optional both ways: an old agent gets what it always got.
 //! The control plane implements [`Joiner`] (it owns the CA and the token list).
 
 use serde::{Deserialize, Serialize};
@@ -20,15 +24,32 @@ use crate::error::ApiError;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JoinRequest {
     pub node_name: String,
+    /// The IP addresses the API server reaches the node at: when given,
+    /// the reply carries a serving certificate for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// The credentials a joined node gets (PEM).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
 pub struct JoinReply {
     pub ca: String,
     pub cert: String,
     pub key: String,
+    /// The node's serving certificate, when the request named addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_key: Option<String>,
 }
+
+/// The identity (client certificate CN) the API server presents to nodes; a node's port
+/// serves no one else.
+pub const APISERVER_USER: &str = "kith-apiserver";
+
+/// At most this many addresses in a serving certificate.
+pub const MAX_ADDRESSES: usize = 16;
 
 /// The group every node's certificate carries, as in Kubernetes.
 pub const NODES_GROUP: &str = "system:nodes";
@@ -97,6 +118,21 @@ pub fn parse_request(body: &[u8]) -> Result<JoinRequest, ApiError> {
             "invalid node name {name:?}: must be a lowercase RFC 1123 subdomain"
         )));
     }
+    if req.addresses.len() > MAX_ADDRESSES {
+        return Err(ApiError::BadRequest(format!(
+            "too many addresses ({}, at most {MAX_ADDRESSES})",
+            req.addresses.len()
+        )));
+    }
+    if let Some(bad) = req
+        .addresses
+        .iter()
+        .find(|a| a.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid address {bad:?}: must be an IP address"
+        )));
+    }
     Ok(req)
 }
 
@@ -114,6 +150,14 @@ mod tests {
             (r#"{"nodeName":"-x"}"#, Err("invalid node name")),
             (r#"{"nodeName":"n1","admin":true}"#, Err("unknown field")),
             ("not json", Err("invalid join request")),
+            (
+                r#"{"nodeName":"n1","addresses":["192.0.2.7","::1"]}"#,
+                Ok("n1"),
+            ),
+            (
+                r#"{"nodeName":"n1","addresses":["evil.example"]}"#,
+                Err("invalid address"),
+            ),
         ];
         for (body, want) in cases {
             match (parse_request(body.as_bytes()), want) {
@@ -122,5 +166,27 @@ mod tests {
                 (got, want) => panic!("{body}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn old_and_new_replies_read_both_ways() {
+        let old = r#"{"ca":"C","cert":"N","key":"K"}"#;
+        let r: JoinReply = serde_json::from_str(old).unwrap();
+        assert_eq!(r.serving_cert, None);
+        // What an old agent reads from a new server: the old fields, the new ones ignored.
+        let new = JoinReply {
+            serving_cert: Some("S".into()),
+            serving_key: Some("SK".into()),
+            ..r.clone()
+        };
+        let v = serde_json::to_value(&new).unwrap();
+        assert_eq!(v["servingCert"], "S");
+        assert_eq!(v["ca"], "C");
+        // An old request still parses; a request without addresses serializes as before.
+        let req = JoinRequest {
+            node_name: "n1".into(),
+            addresses: vec![],
+        };
+        assert_eq!(serde_json::to_string(&req).unwrap(), r#"{"nodeName":"n1"}"#);
     }
 }

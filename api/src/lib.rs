@@ -19,6 +19,7 @@ pub mod nodes;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod remote_node;
 pub mod request;
 pub mod selectors;
 pub mod server;

@@ -24,7 +24,7 @@ pub const GROUP: &str = "metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
 
 /// A node's use over `window` ending at `timestamp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeUsage {
     pub name: String,
     pub timestamp: Timestamp,
@@ -33,7 +33,7 @@ pub struct NodeUsage {
     pub memory_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerUsage {
     pub name: String,
     pub cpu_nanocores: u64,
@@ -41,7 +41,7 @@ pub struct ContainerUsage {
 }
 
 /// A pod's containers' use over `window` ending at `timestamp`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodUsage {
     pub namespace: String,
     pub name: String,

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// The `pods/log` options (`PodLogOptions`), as query parameters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogQuery {
     pub container: Option<String>,
     pub follow: bool,
@@ -90,7 +90,7 @@ impl LogQuery {
 }
 
 /// Which pod and container the logs are of, and where it runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogTarget {
     pub namespace: String,
     pub pod: String,

@@ -92,8 +92,10 @@ enum Command {
     /// Run this box's agent against a cluster: join with a token the first time, then run
     /// the pods the scheduler binds here.
     Agent {
-        /// The API server, e.g. https://192.0.2.10:6443 (the first one is used).
-        #[arg(long, required = true)]
+        /// An API server of the region, e.g. https://192.0.2.10:6443; repeatable: the agent
+        /// joins through the first that answers and fails over between them. Kept in the
+        /// agent's kubeconfig: a restart without --server uses the stored ones.
+        #[arg(long)]
         server: Vec<String>,
         /// A join token from `kith token create` (needed until the agent has joined).
         #[arg(long, env = "KITH_TOKEN")]
@@ -104,6 +106,13 @@ enum Command {
         /// The Node this box registers as (default: the hostname).
         #[arg(long)]
         node_name: Option<String>,
+        /// The address the control plane reaches this box at (its InternalIP and the
+        /// node port's certificate); default: the local address towards the first server.
+        #[arg(long)]
+        node_ip: Option<std::net::IpAddr>,
+        /// The HTTPS port the API server reaches this agent at for logs, exec and stats.
+        #[arg(long, default_value_t = kith_api::remote_node::DEFAULT_NODE_PORT)]
+        node_port: u16,
         /// A registry reached over plain HTTP (loopback registries always are); repeatable.
         #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
         insecure_registries: Vec<String>,
@@ -273,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     shim_binary: std::env::current_exe().context("locating the kith binary")?,
                     node_ip: None,
                     bridge: pod_bridge,
+                    node_port: kith_api::remote_node::DEFAULT_NODE_PORT,
                 })
             };
             if agent.is_some() {
@@ -386,40 +396,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             data_dir,
             node_name,
+            node_ip,
+            node_port,
             insecure_registries,
             pod_bridge,
         } => {
             up::preflight(&up::HostFacts::read())?;
             let node_name = node_name_or_hostname(node_name)?;
-            let server = server[0].clone();
+            let kubeconfig = data_dir.join("kubeconfig");
+            let joined = kubeconfig.exists();
+            let servers = if joined {
+                kith_agent::join::update_servers(&kubeconfig, &server)?
+            } else {
+                server
+            };
+            let node_ip = node_ip.or_else(|| {
+                servers
+                    .iter()
+                    .find_map(|s| kith_agent::join::local_ip_towards(s))
+            });
             let opts = kith_agent::run::AgentOptions {
                 node_name: node_name.clone(),
                 data_dir: data_dir.clone(),
                 insecure_registries,
                 shim_binary: std::env::current_exe().context("locating the kith binary")?,
-                node_ip: None,
+                node_ip,
                 bridge: pod_bridge,
+                node_port,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let kubeconfig = data_dir.join("kubeconfig");
-                if !kubeconfig.exists() {
+                if !joined {
                     let Some(token) = token else {
                         anyhow::bail!(
                             "{} has no credentials yet: pass --token (from `kith token create` on a control box)",
                             data_dir.display()
                         );
                     };
-                    kith_agent::join::bootstrap(&server, &token, &node_name, &kubeconfig).await?;
-                    println!("joined {server} as node {node_name}");
+                    if servers.is_empty() {
+                        anyhow::bail!("pass --server (an API server of the region) to join");
+                    }
+                    let addresses: Vec<_> = node_ip.into_iter().collect();
+                    let via = kith_agent::join::bootstrap(
+                        &servers,
+                        &token,
+                        &node_name,
+                        &addresses,
+                        &kubeconfig,
+                    )
+                    .await?;
+                    println!("joined {via} as node {node_name}");
                 }
-                let client = client_from_kubeconfig(&kubeconfig).await?;
-                // Sampled and metered here (`kith usage --data-dir`); not yet served to
-                // the control plane's metrics.k8s.io.
+                let client = kith_agent::join::client_from_kubeconfig(&kubeconfig).await?;
                 let stats = opts.stats();
+                let node_port = kith_agent::node_server::start(&opts, stats.clone(), &kubeconfig)
+                    .await?;
                 kith_agent::run::run(client, opts, stats, shutdown_signal()).await?;
+                if let Some(task) = node_port {
+                    task.abort();
+                }
                 Ok(())
             })
         }
@@ -480,14 +517,6 @@ fn node_name_or_hostname(name: Option<String>) -> anyhow::Result<String> {
             .to_string_lossy()
             .to_lowercase()),
     }
-}
-
-/// A client with the credentials of a kubeconfig file.
-async fn client_from_kubeconfig(path: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
 }
 
 async fn shutdown_signal() {

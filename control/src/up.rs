@@ -229,6 +229,12 @@ pub async fn run(
         Some(m) => service.set_joiner(Arc::new(RegionJoiner::new(pki.clone(), &m.peer_addr))),
         None => service.set_joiner(pki.clone()),
     }
+    let local = cfg.agent.as_ref().zip(stats.clone());
+    let local = local.map(|(agent, stats)| agent.local_parts(stats));
+    let nodes = crate::pki::remote_nodes(&pki, client.clone(), local)?;
+    service.set_node_connector(nodes.clone());
+    service.set_node_exec(nodes.clone());
+    service.set_node_stats(nodes);
     let duties = tokio::spawn(leader_duties(
         store.clone(),
         client,
@@ -238,9 +244,6 @@ pub async fn run(
     ));
     let mut agent_task = None;
     if let (Some(agent), Some(stats)) = (cfg.agent.clone(), stats.clone()) {
-        service.set_node_connector(Arc::new(agent.local_node()));
-        service.set_node_stats(stats.clone());
-        service.set_node_exec(Arc::new(agent.local_node()));
         let node_user = User::new(
             format!("system:node:{}", agent.node_name),
             ["system:nodes", MASTERS_GROUP],

@@ -641,6 +641,7 @@ impl Drop for Cluster {
                 shim_binary: kith_bin(),
                 node_ip: None,
                 bridge: a.bridge.clone(),
+                node_port: 10250,
             };
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

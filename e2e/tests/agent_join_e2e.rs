@@ -1,6 +1,9 @@
 //! `kith agent` as its own process joining a cluster with a join token: a bad token is
 //! refused with a clear message; a good one gets a node certificate, the Node registers,
-//! gets a podCIDR, and a pod bound to it runs.
+//! gets a podCIDR, and a pod bound to it runs. The agent is given a dead server first:
+//! it joins and keeps working through the next one. The API server reaches the remote
+//! agent's port over mutual TLS for `kubectl logs`, `exec` and `top`; a client without
+//! the API server's certificate is refused there.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -45,17 +48,30 @@ impl Drop for RemoteAgent {
     }
 }
 
+/// A loopback port nothing listens on (now).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// An https URL on a loopback port nothing listens on.
+fn dead_server() -> Result<String> {
+    Ok(format!("https://127.0.0.1:{}", free_port()?))
+}
+
 fn agent_command(
-    cluster: &Cluster,
+    servers: &[String],
     dir: &std::path::Path,
     token: &str,
     a: &AgentOptions,
+    node_port: u16,
 ) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(kith_bin());
-    cmd.arg("agent")
-        .arg("--server")
-        .arg(cluster.server_url())
-        .arg("--token")
+    cmd.arg("agent");
+    for s in servers {
+        cmd.arg("--server").arg(s);
+    }
+    cmd.arg("--token")
         .arg(token)
         .arg("--data-dir")
         .arg(dir)
@@ -63,6 +79,10 @@ fn agent_command(
         .arg(&a.node_name)
         .arg("--pod-bridge")
         .arg(&a.bridge)
+        .arg("--node-ip")
+        .arg("127.0.0.1")
+        .arg("--node-port")
+        .arg(node_port.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
@@ -92,11 +112,13 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
 
     let remote = AgentOptions::unique("rem");
     let dir = cluster.scratch().join("remote-agent");
+    let servers = [dead_server()?, cluster.server_url()];
+    let node_port = free_port()?;
 
     // A token of the right cluster but with a wrong secret: refused, nothing written.
     let (head, _) = token.rsplit_once('.').context("token shape")?;
     let forged = format!("{head}.0000000000000000");
-    let out = agent_command(&cluster, &dir, &forged, &remote)
+    let out = agent_command(&servers, &dir, &forged, &remote, node_port)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -109,7 +131,7 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     // The real token.
     let log = cluster.scratch().join("remote-agent.log");
     let logf = std::fs::File::create(&log)?;
-    let child = agent_command(&cluster, &dir, &token, &remote)
+    let child = agent_command(&servers, &dir, &token, &remote, node_port)
         .stdout(logf.try_clone()?)
         .stderr(logf)
         .spawn()?;
@@ -122,6 +144,7 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
             shim_binary: kith_bin(),
             node_ip: None,
             bridge: remote.bridge.clone(),
+            node_port,
         },
         log,
     };
@@ -155,6 +178,23 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     let kubeconfig = std::fs::metadata(dir.join("kubeconfig"))?;
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(kubeconfig.permissions().mode() & 0o777, 0o600);
+    // Both servers are kept for a restart, the dead one too (it may come back).
+    let stored = kith_agent::join::read_kubeconfig(&dir.join("kubeconfig"))?;
+    assert_eq!(stored.servers, servers);
+    // The node says where its port is.
+    let endpoint = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "node",
+                &remote.node_name,
+                "-o",
+                "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port} {.status.addresses[?(@.type==\"InternalIP\")].address}",
+            ],
+        )
+        .await?;
+    assert_eq!(endpoint, format!("{node_port} 127.0.0.1"));
 
     let ns = cluster.namespace("join-e2e").await?;
     let pod = format!(
@@ -196,14 +236,92 @@ spec:
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // Logs of a remote node's pods are not reachable yet: a clear error, not wrong logs.
-    let err = cluster
-        .kubectl_err(K, &["logs", "on-remote", "-n", &ns])
+    // The API server reaches the remote agent for logs and exec.
+    let logs = cluster
+        .kubectl_ok(K, &["logs", "on-remote", "-n", &ns])
         .await?;
-    assert!(
-        err.contains("can not be served by this API server yet"),
-        "{err}"
-    );
+    assert_eq!(logs, "remote\n", "agent log:\n{}", agent.log());
+    let out = cluster
+        .kubectl_ok(K, &["exec", "on-remote", "-n", &ns, "--", "echo", "hi"])
+        .await?;
+    assert_eq!(out, "hi\n");
+    let echoed = cluster
+        .kubectl_stdin_ok(
+            K,
+            &["exec", "-i", "on-remote", "-n", &ns, "--", "cat"],
+            b"through two hops\n",
+        )
+        .await?;
+    assert_eq!(echoed, "through two hops\n");
+    let out = cluster
+        .kubectl(
+            K,
+            &["exec", "on-remote", "-n", &ns, "--", "sh", "-c", "exit 3"],
+        )
+        .await?;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = cluster
+        .kubectl_err(
+            K,
+            &["exec", "on-remote", "-n", &ns, "-c", "nope", "--", "true"],
+        )
+        .await?;
+    assert!(err.contains("nope"), "{err}");
+
+    // kubectl top: the remote node's use and its pod's come from its port too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = cluster.kubectl(K, &["top", "nodes"]).await?;
+        let pods = cluster.kubectl(K, &["top", "pods", "-n", &ns]).await?;
+        let row = |out: &std::process::Output, name: &str| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name))
+        };
+        if row(&nodes, &remote.node_name)
+            && row(&nodes, &local.node_name)
+            && row(&pods, "on-remote")
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "kubectl top never showed the remote node and pod: {nodes:?} {pods:?}; agent log:\n{}",
+                agent.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The agent's port serves no one without the API server's certificate.
+    let mut cfg = kube::Config::new(format!("https://127.0.0.1:{node_port}").parse()?);
+    cfg.accept_invalid_certs = true;
+    cfg.default_retry = false;
+    let anonymous = kube::Client::try_from(cfg)?;
+    let req = http::Request::get("/kith/v1/stats").body(Vec::new())?;
+    let refused = anonymous.request_text(req).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Nor with the node's own client certificate (same CA, not the API server): 403.
+    let creds = stored.credentials;
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let mut cfg = kube::Config::new(format!("https://127.0.0.1:{node_port}").parse()?);
+    cfg.root_cert = Some(vec![
+        kith_agent::join::pem_to_der(&creds.ca).context("the CA")?
+    ]);
+    cfg.auth_info = serde_json::from_value(serde_json::json!({
+        "client-certificate-data": b64(&creds.cert),
+        "client-key-data": b64(&creds.key),
+    }))?;
+    cfg.default_retry = false;
+    let as_node = kube::Client::try_from(cfg)?;
+    let req = http::Request::get("/kith/v1/stats").body(Vec::new())?;
+    match as_node.request_text(req).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("a node's certificate got {other:?}"),
+    }
 
     cluster
         .kubectl_ok(

@@ -18,7 +18,9 @@
 mod files;
 pub mod join;
 mod kubeconfig;
+mod kubelet;
 pub mod peer;
+pub use kubelet::remote_nodes;
 mod static_tokens;
 
 use std::fmt;
@@ -614,10 +616,7 @@ impl kith_api::join::Joiner for Pki {
             )
             .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))?;
         tracing::info!(node = %req.node_name, "node joined");
-        Ok(kith_api::join::JoinReply {
-            ca: Pki::ca_pem(self).to_string(),
-            cert: issued.cert_pem,
-            key: issued.key_pem,
-        })
+        kubelet::join_reply(self, req, issued)
+            .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))
     }
 }
