@@ -8,6 +8,44 @@ use anyhow::{Context as _, Result};
 
 use crate::{kith_bin, AgentOptions};
 
+/// How to start one agent.
+pub struct AgentSpec<'a> {
+    /// `--server` URLs, in order of preference.
+    pub servers: &'a [String],
+    pub token: &'a str,
+    pub dir: &'a Path,
+    /// Node name and bridge.
+    pub opts: &'a AgentOptions,
+    /// `--node-ip` (default: the agent's address towards its first server).
+    pub node_ip: Option<&'a str>,
+    /// `--node-port`: each agent on one machine needs its own.
+    pub node_port: u16,
+}
+
+/// The `kith agent` command for `spec` (stdin closed, killed on drop).
+pub fn command(spec: &AgentSpec<'_>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(kith_bin());
+    cmd.arg("agent");
+    for s in spec.servers {
+        cmd.arg("--server").arg(s);
+    }
+    cmd.arg("--token")
+        .arg(spec.token)
+        .arg("--data-dir")
+        .arg(spec.dir)
+        .arg("--node-name")
+        .arg(&spec.opts.node_name)
+        .arg("--pod-bridge")
+        .arg(&spec.opts.bridge)
+        .arg("--node-port")
+        .arg(spec.node_port.to_string());
+    if let Some(ip) = spec.node_ip {
+        cmd.arg("--node-ip").arg(ip);
+    }
+    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    cmd
+}
+
 pub struct RemoteAgent {
     child: Option<tokio::process::Child>,
     opts: kith_agent::run::AgentOptions,
@@ -15,45 +53,24 @@ pub struct RemoteAgent {
 }
 
 impl RemoteAgent {
-    /// Start `kith agent --server S... --token T --data-dir DIR` with the names of `a`
-    /// (node name, bridge) and these extra flags; output to `log`.
-    pub fn start(
-        servers: &[String],
-        token: &str,
-        dir: &Path,
-        a: &AgentOptions,
-        extra: &[&str],
-        log: &Path,
-    ) -> Result<RemoteAgent> {
+    /// Start the agent of `spec`, its output to `log`.
+    pub fn start(spec: &AgentSpec<'_>, log: &Path) -> Result<RemoteAgent> {
         let logf = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(kith_bin());
-        cmd.arg("agent");
-        for s in servers {
-            cmd.arg("--server").arg(s);
-        }
-        cmd.arg("--token")
-            .arg(token)
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--node-name")
-            .arg(&a.node_name)
-            .arg("--pod-bridge")
-            .arg(&a.bridge)
-            .args(extra)
-            .stdin(std::process::Stdio::null())
+        let child = command(spec)
             .stdout(logf.try_clone()?)
             .stderr(logf)
-            .kill_on_drop(true);
-        let child = cmd.spawn().context("spawn kith agent")?;
+            .spawn()
+            .context("spawn kith agent")?;
         Ok(RemoteAgent {
             child: Some(child),
             opts: kith_agent::run::AgentOptions {
-                node_name: a.node_name.clone(),
-                data_dir: dir.to_path_buf(),
+                node_name: spec.opts.node_name.clone(),
+                data_dir: spec.dir.to_path_buf(),
                 insecure_registries: Vec::new(),
                 shim_binary: kith_bin(),
                 node_ip: None,
-                bridge: a.bridge.clone(),
+                bridge: spec.opts.bridge.clone(),
+                node_port: spec.node_port,
             },
             log: log.to_path_buf(),
         })

@@ -10,43 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kith_agent::image::testing::{ImageOptions, TestRegistry};
+use kith_e2e::agent::{command, AgentSpec, RemoteAgent};
 use kith_e2e::{kith_bin, AgentOptions, Cluster, Kubectl, Options};
 
 const K: Kubectl = Kubectl::V1_33;
-
-/// A `kith agent` process and what to remove when the test ends.
-struct RemoteAgent {
-    child: Option<tokio::process::Child>,
-    opts: kith_agent::run::AgentOptions,
-    log: std::path::PathBuf,
-}
-
-impl RemoteAgent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RemoteAgent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.start_kill();
-        }
-        if std::thread::panicking() {
-            eprintln!("===== kith agent log =====\n{}", self.log());
-        }
-        let opts = self.opts.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(kith_agent::run::clean_up(&opts));
-            }
-        })
-        .join();
-    }
-}
 
 /// A loopback port nothing listens on (now).
 fn free_port() -> Result<u16> {
@@ -57,35 +24,6 @@ fn free_port() -> Result<u16> {
 /// An https URL on a loopback port nothing listens on.
 fn dead_server() -> Result<String> {
     Ok(format!("https://127.0.0.1:{}", free_port()?))
-}
-
-fn agent_command(
-    servers: &[String],
-    dir: &std::path::Path,
-    token: &str,
-    a: &AgentOptions,
-    node_port: u16,
-) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(kith_bin());
-    cmd.arg("agent");
-    for s in servers {
-        cmd.arg("--server").arg(s);
-    }
-    cmd.arg("--token")
-        .arg(token)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--node-name")
-        .arg(&a.node_name)
-        .arg("--pod-bridge")
-        .arg(&a.bridge)
-        .arg("--node-ip")
-        .arg("127.0.0.1")
-        .arg("--node-port")
-        .arg(node_port.to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +56,15 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     // A token of the right cluster but with a wrong secret: refused, nothing written.
     let (head, _) = token.rsplit_once('.').context("token shape")?;
     let forged = format!("{head}.0000000000000000");
-    let out = agent_command(&servers, &dir, &forged, &remote, node_port)
+    let spec = |token| AgentSpec {
+        servers: &servers,
+        token,
+        dir: &dir,
+        opts: &remote,
+        node_ip: Some("127.0.0.1"),
+        node_port,
+    };
+    let out = command(&spec(&forged))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
@@ -130,24 +76,7 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
 
     // The real token.
     let log = cluster.scratch().join("remote-agent.log");
-    let logf = std::fs::File::create(&log)?;
-    let child = agent_command(&servers, &dir, &token, &remote, node_port)
-        .stdout(logf.try_clone()?)
-        .stderr(logf)
-        .spawn()?;
-    let agent = RemoteAgent {
-        child: Some(child),
-        opts: kith_agent::run::AgentOptions {
-            node_name: remote.node_name.clone(),
-            data_dir: dir.clone(),
-            insecure_registries: Vec::new(),
-            shim_binary: kith_bin(),
-            node_ip: None,
-            bridge: remote.bridge.clone(),
-            node_port,
-        },
-        log,
-    };
+    let agent = RemoteAgent::start(&spec(&token), &log)?;
     // The node registers and gets a podCIDR.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {

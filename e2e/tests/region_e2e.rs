@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::agent::RemoteAgent;
+use kith_e2e::agent::{AgentSpec, RemoteAgent};
 use kith_e2e::region::Region;
 use kith_e2e::{AgentOptions, Kubectl};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
@@ -181,14 +181,22 @@ async fn run(
     for a in &agent_opts {
         let dir = region.lab.dir().join(format!("agent-{}", a.node_name));
         let log = region.lab.dir().join(format!("agent-{}.log", a.node_name));
-        agents.push(RemoteAgent::start(
-            &[region.url(&f2)?],
-            &token,
-            &dir,
-            a,
-            &[],
-            &log,
-        )?);
+        // Every box, a follower first: the agent fails over when its box goes.
+        let servers: Vec<String> = [f2.as_str(), f1.as_str(), leader.as_str()]
+            .iter()
+            .map(|h| region.url(h))
+            .collect::<Result<_>>()?;
+        let spec = AgentSpec {
+            servers: &servers,
+            token: &token,
+            dir: &dir,
+            opts: a,
+            node_ip: None,
+            node_port: std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
+        agents.push(RemoteAgent::start(&spec, &log)?);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
