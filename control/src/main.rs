@@ -56,7 +56,7 @@ enum Command {
     /// first box founds the region; the others join it with --join and --token.
     Control {
         #[command(subcommand)]
-        leave: Option<ControlCommand>,
+        command: Option<ControlCommand>,
         /// Where all state lives (certificates, Raft log, kubeconfig).
         #[arg(long, default_value = "/var/lib/kith", global = true)]
         data_dir: PathBuf,
@@ -149,8 +149,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ControlCommand {
-    /// Take this (running) control box out of its region; it stops once removed.
-    Leave,
+    /// Take this (running) control box out of its region; it stops once removed. With
+    /// --node-id, remove another member instead (a box that is gone for good).
+    Leave {
+        #[arg(long)]
+        node_id: Option<u64>,
+    },
+    /// List the region's members as this (running) box sees them.
+    Members,
 }
 
 #[derive(Subcommand)]
@@ -188,8 +194,15 @@ impl Command {
     fn name(&self) -> &'static str {
         match self {
             Command::Up { .. } => "kith up",
-            Command::Control { leave: None, .. } => "kith control",
-            Command::Control { leave: Some(_), .. } => "kith control leave",
+            Command::Control { command: None, .. } => "kith control",
+            Command::Control {
+                command: Some(ControlCommand::Leave { .. }),
+                ..
+            } => "kith control leave",
+            Command::Control {
+                command: Some(ControlCommand::Members),
+                ..
+            } => "kith control members",
             Command::Agent { .. } => "kith agent",
             Command::Shim { .. } => "kith shim",
             Command::Image { .. } => "kith image import",
@@ -231,9 +244,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image { .. }
         | Command::Token { .. }
         | Command::Usage { .. }
-        | Command::Control { leave: Some(_), .. } => "warn",
+        | Command::Control {
+            command: Some(_), ..
+        } => "warn",
         Command::Up { .. }
-        | Command::Control { leave: None, .. }
+        | Command::Control { command: None, .. }
         | Command::Agent { .. }
         | Command::Shim { .. } => "info,openraft=warn",
     };
@@ -315,19 +330,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Control {
-            leave: Some(ControlCommand::Leave),
+            command: Some(command),
             data_dir,
             ..
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(kith_control::region::leave(&data_dir))?;
-            println!("this box left its region; it stops now");
+            match command {
+                ControlCommand::Leave { node_id } => {
+                    let id = rt.block_on(kith_control::region::leave(&data_dir, node_id))?;
+                    match node_id {
+                        None => println!("this box left its region; it stops now"),
+                        Some(_) => println!("removed member {id} from the region"),
+                    }
+                }
+                ControlCommand::Members => {
+                    let m = rt.block_on(kith_control::region::members(&data_dir))?;
+                    print!("{}", kith_control::region::members_table(&m));
+                }
+            }
             Ok(())
         }
         Command::Control {
-            leave: None,
+            command: None,
             data_dir,
             listen,
             peer_listen,

@@ -11,7 +11,8 @@
 //! - a box cut off from the other two refuses writes with a 503 naming the cause, while the
 //!   majority keeps working; healed, it converges;
 //! - a 4th and 5th box join while a writer keeps writing; one leaves; nothing acknowledged
-//!   is lost on any box.
+//!   is lost on any box;
+//! - a box that lost its disk comes back as a new member; the old one is removed by id.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -392,6 +393,46 @@ async fn run(
     for host in ["c1", "c2", "c3", "c5"] {
         converged(region, host, &written).await?;
     }
+    // c5 loses its disk: started again on an empty directory it joins as a new member, and
+    // the old member is removed by id from another box.
+    let c5_dir = region.data_dir("c5")?;
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c5_dir.join("region.json"))?)?;
+    let old_id = record["nodeId"].as_u64().context("nodeId")?;
+    region.kill9("c5")?;
+    std::fs::remove_dir_all(&c5_dir)?;
+    std::fs::create_dir_all(&c5_dir)?;
+    region.restart("c5").await?;
+    let c1_dir = region.data_dir("c1")?;
+    let kith = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(kith_e2e::kith_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&c1_dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "kith {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let before = kith(&["control", "members"])?;
+    ensure!(before.contains(&old_id.to_string()), "{before}");
+    ensure!(
+        before.lines().count() == 1 + 5,
+        "4 boxes + the lost one: {before}"
+    );
+    kith(&["control", "leave", "--node-id", &old_id.to_string()])?;
+    let after = kith(&["control", "members"])?;
+    ensure!(
+        !after.contains(&old_id.to_string()) && after.lines().count() == 1 + 4,
+        "{after}"
+    );
+    create_on(region, "c5", "after-disk-loss").await?;
+    written.insert("after-disk-loss".into());
+    converged(region, "c5", &written).await?;
+
     // The same pods still run, never restarted.
     let after = web_pods(region, "c5").await?;
     let same: Vec<(String, String, String)> = running

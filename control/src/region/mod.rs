@@ -102,6 +102,8 @@ pub enum RegionError {
     Join { server: String, why: String },
     #[error("the region refused to add this box: {0}")]
     NotAdded(String),
+    #[error("the region refused: {0}")]
+    Refused(String),
     #[error("certificates: {0}")]
     Pki(#[from] PkiError),
     #[error("store: {0}")]
@@ -311,26 +313,58 @@ async fn add_self(
     }
 }
 
-/// `kith control leave`: ask this box's own peer port to take it out of the region.
-pub async fn leave(data_dir: &Path) -> Result<(), RegionError> {
+/// This box's membership record and a transport with a peer certificate of its own (for
+/// the `kith control` commands run beside a running box).
+fn local_peer(data_dir: &Path) -> Result<(Membership, HttpsTransport), RegionError> {
     let membership = Membership::load(data_dir)?.ok_or_else(|| RegionError::Corrupt {
         path: data_dir.join(MEMBERSHIP_FILE),
         why: "not a control box of a region (no region.json)".into(),
     })?;
     let pki = Pki::load_or_create(data_dir, &[])?;
     let tls = pki.peer_tls(membership.node_id, &[])?;
-    let transport = HttpsTransport::new(tls.client);
-    let call = LeaderCall::Remove {
-        id: membership.node_id,
-    };
+    Ok((membership, HttpsTransport::new(tls.client)))
+}
+
+/// `kith control leave [--node-id ID]`: ask this box's own peer port to take this box (or
+/// the member `node`, e.g. a box that lost its disk) out of the region.
+pub async fn leave(data_dir: &Path, node: Option<NodeId>) -> Result<NodeId, RegionError> {
+    let (membership, transport) = local_peer(data_dir)?;
+    let id = node.unwrap_or(membership.node_id);
+    let call = LeaderCall::Remove { id };
     match transport.member_call(&membership.peer_addr, &call).await {
-        Ok(LeaderReply::Changed { .. }) => Ok(()),
-        Ok(LeaderReply::Failed(e)) => Err(RegionError::NotAdded(e.to_string())),
-        Ok(other) => Err(RegionError::NotAdded(format!(
-            "unexpected answer {other:?}"
-        ))),
-        Err(e) => Err(RegionError::NotAdded(e.to_string())),
+        Ok(LeaderReply::Changed { .. }) => Ok(id),
+        Ok(LeaderReply::Failed(e)) => Err(RegionError::Refused(e.to_string())),
+        Ok(other) => Err(RegionError::Refused(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(RegionError::Refused(e.to_string())),
     }
+}
+
+/// `kith control members`: the region's members as this (running) box sees them.
+pub async fn members(data_dir: &Path) -> Result<transport::Members, RegionError> {
+    let (membership, transport) = local_peer(data_dir)?;
+    transport
+        .members(&membership.peer_addr)
+        .await
+        .map_err(|e| RegionError::Refused(e.to_string()))
+}
+
+/// The members as a table: id, Raft address, role (pure).
+pub fn members_table(m: &transport::Members) -> String {
+    let mut out = format!("{:<18} {:<24} {}\n", "NODE ID", "PEER ADDRESS", "ROLE");
+    for (id, addr) in &m.members {
+        let mut role = if m.leader == Some(*id) {
+            "leader".to_string()
+        } else if m.voters.contains(id) {
+            "voter".to_string()
+        } else {
+            "learner".to_string()
+        };
+        if *id == m.me {
+            role.push_str(" (this box)");
+        }
+        out.push_str(&format!("{id:<18} {addr:<24} {role}\n"));
+    }
+    out
 }
 
 /// Resolves once this box, having been a member, is no longer one (it left through its
@@ -413,5 +447,42 @@ impl kith_api::join::Joiner for RegionJoiner {
                 }
                 e => kith_api::error::ApiError::Internal(e.to_string()),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_table_names_roles() {
+        let m = transport::Members {
+            me: 2,
+            leader: Some(1),
+            members: [
+                (1, "10.0.0.1:7443".to_string()),
+                (2, "10.0.0.2:7443".into()),
+                (3, "10.0.0.3:7443".into()),
+            ]
+            .into(),
+            voters: vec![1, 2],
+        };
+        let t = members_table(&m);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE ID"));
+        assert!(
+            lines[1].starts_with("1 ") && lines[1].ends_with("leader"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("voter (this box)"), "{t}");
+        assert!(lines[3].ends_with("learner"), "{t}");
+    }
+
+    #[test]
+    fn node_ids_are_nonzero_and_json_exact() {
+        for _ in 0..1000 {
+            let id = new_node_id();
+            assert!(id != 0 && id < (1 << 53));
+        }
     }
 }

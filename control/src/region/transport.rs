@@ -8,6 +8,7 @@
 //!    POST /raft/snapshot  u32 len, {vote, meta}, snapshot bytes → Result<SnapshotResponse, Fatal>
 //!    POST /raft/leader    LeaderCall            → LeaderReply   (only if this box leads)
 //!    POST /raft/member    LeaderCall            → LeaderReply   (membership, via the leader)
+//!    POST /raft/members   (empty)               → Members       (this box's view)
 //!  peer port: admits only certificates of the region CA in group kith:control-plane
 //! ```
 //! A message that never left (no connection) is `Unreachable`; one sent whose answer did
@@ -42,10 +43,27 @@ use crate::store::leader::{self, LeaderCall, LeaderReply};
 use crate::store::network::{fatal_to_transport, BoxFuture, RaftTransport, TransportError};
 use crate::store::{NodeId, RaftStore, TypeConfig};
 
+/// The node a message is for. A box that lost its disk comes back at the same address
+/// as a new member; messages meant for the old member must not reach the new one (its
+/// empty log would look like a log gone backwards to the leader).
+const TARGET_HEADER: &str = "x-kith-raft-target";
+
 /// Largest message a peer accepts (a snapshot of a big region is the largest).
 const MAX_MESSAGE: usize = 1 << 30;
 /// How long a connection attempt to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A box's view of the region's membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Members {
+    /// This box.
+    pub me: NodeId,
+    pub leader: Option<NodeId>,
+    /// Every member with its Raft address.
+    pub members: std::collections::BTreeMap<NodeId, String>,
+    pub voters: Vec<NodeId>,
+}
 
 /// The snapshot header before the snapshot's bytes.
 #[derive(Serialize, Deserialize)]
@@ -149,9 +167,13 @@ impl Connections {
         body: Bytes,
     ) -> Result<Bytes, TransportError> {
         let mut sender = self.sender(target, addr).await?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
-            .uri(format!("https://{addr}{path}"))
+            .uri(format!("https://{addr}{path}"));
+        if target != 0 {
+            req = req.header(TARGET_HEADER, target.to_string());
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| TransportError::Unreachable {
                 target,
@@ -304,6 +326,11 @@ impl Connections {
 }
 
 impl HttpsTransport {
+    /// The membership as the box whose Raft port is `addr` sees it.
+    pub async fn members(&self, addr: &str) -> Result<Members, TransportError> {
+        self.inner.rpc_plain(0, addr, "/raft/members", &()).await
+    }
+
     /// Ask the box whose Raft port is `addr` to make a membership change (it takes it to
     /// the leader).
     pub async fn member_call(
@@ -386,6 +413,17 @@ async fn handle(
     if req.method() != Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "POST only");
     }
+    let target = req
+        .headers()
+        .get(TARGET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(target) = target.filter(|t| *t != store.node_id().to_string()) {
+        return plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this is node {}, not {target}", store.node_id()),
+        );
+    }
     let path = req.uri().path().to_string();
     let body = match Limited::new(req.into_body(), MAX_MESSAGE).collect().await {
         Ok(b) => b.to_bytes(),
@@ -435,6 +473,15 @@ async fn handle(
             ),
             Err(e) => bad(e),
         },
+        "/raft/members" => {
+            let (voters, _) = leader::members(raft);
+            json(&Members {
+                me: store.node_id(),
+                leader: store.leader(),
+                members: store.members(),
+                voters: voters.into_iter().collect(),
+            })
+        }
         _ => plain(StatusCode::NOT_FOUND, format!("no peer route {path}")),
     }
 }
