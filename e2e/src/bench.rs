@@ -441,6 +441,37 @@ mod tests {
         assert!(percentile(&[], 0.5).is_nan());
     }
 
+    /// Fails every even-numbered write of its task.
+    struct EveryOtherFails;
+
+    impl Writer for EveryOtherFails {
+        async fn write(&mut self, seq: u64) -> Result<(), String> {
+            if seq % 2 == 0 {
+                Err("even".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn load_counts_outcomes_and_keeps_the_pace() {
+        let writers = vec![EveryOtherFails, EveryOtherFails];
+        let period = Duration::from_millis(50);
+        let began = Instant::now();
+        let r = run_paced_load(writers, Limit::Count(8), Some(period)).await;
+        // 8 requests over 2 writers: 4 each, started 50 ms apart (the last one's period is
+        // waited out too).
+        assert!(began.elapsed() >= 4 * period, "{:?}", began.elapsed());
+        assert_eq!(r.ok(), 4);
+        assert_eq!(r.errors, BTreeMap::from([("even".to_string(), 4)]));
+
+        let began = Instant::now();
+        let r = run_load(vec![EveryOtherFails], Limit::Count(4)).await;
+        assert!(began.elapsed() < period, "unpaced: {:?}", began.elapsed());
+        assert_eq!((r.ok(), r.failed()), (2, 2));
+    }
+
     #[test]
     fn line_keeps_key_order_and_rounds() {
         let mut f = figure("x_ms", 12.3456, "ms");
