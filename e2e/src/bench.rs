@@ -446,7 +446,7 @@ mod tests {
 
     impl Writer for EveryOtherFails {
         async fn write(&mut self, seq: u64) -> Result<(), String> {
-            if seq % 2 == 0 {
+            if seq.is_multiple_of(2) {
                 Err("even".into())
             } else {
                 Ok(())
