@@ -10,7 +10,8 @@
 #    directories and prints one `BENCH {json}` line per figure on stdout.
 #
 # --quick: 5 s throughput phases and shorter settling, for checking that it works.
-# Everything stops by itself; a full run takes about 2-3 minutes after the build.
+# Everything stops by itself; a full run takes about 10 minutes after the build, of which
+# the region bench takes about 7 (about 1 with --quick).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -37,5 +38,7 @@ export KITH_BIN=${KITH_BIN:-$target/release/kith}
 cargo build --release --bin kith-sched-bench && "$target/release/kith-sched-bench"  # scheduler place+assume figure, no server
 cargo build --release --bin kith-metrics-bench && "$target/release/kith-metrics-bench"  # one /metrics scrape of a box with 1,000 objects
 cargo build --release --bin kith-agent-bench && "$target/release/kith-agent-bench"  # pods vs runc, 50 MiB pull, memory, 100-replica Deployment (root)
+region_args=(); for a in "$@"; do case $a in --quick|--no-etcd) region_args+=("$a");; esac; done
+cargo build --release --bin kith-region-bench && "$target/release/kith-region-bench" "${region_args[@]}"  # 3-box region vs 3-member etcd, failover, leader changes (root; ~7 min, ~1 min with --quick)
 
 exec "$target/release/kith-bench" "$@"

@@ -1,14 +1,37 @@
-//! What the bench binaries (`kith-bench`, `kith-agent-bench`) share: the `BENCH {json}` line
-//! printer and small readings of `/proc` (a process's resident memory, the `kith up` pid).
+//! What the bench binaries (`kith-bench`, `kith-region-bench`, `kith-agent-bench`) share:
+//! the `BENCH {json}` line printer, small readings of `/proc` (a process's resident memory,
+//! the `kith up` pid), and the closed-loop write load both create benchmarks drive.
+//!
+//! ```text
+//!  run_load(writers, limit) ── one task per Writer, one request after another
+//!     ├─ KithWriter: kube::Client of box i % boxes ── HTTPS POST ConfigMap (1 KiB)
+//!     └─ EtcdWriter: own HTTP/1.1 connection to member i % members ── POST /v3/kv/put
+//! ```
 //!
 //! A figure line is `BENCH {"name", "value", "unit", ["baseline", "baseline_value", "ratio"],
 //! extra fields…}`; `ratio` > 1 means kith does better than the baseline, whichever
 //! direction ([`Better`]) is better for that figure.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{json, Map, Value};
+
+use crate::etcd::{self, EtcdConn};
+
+/// Size of the payload every write of the create load carries.
+pub const PAYLOAD_BYTES: usize = 1024;
+/// A request that takes longer than this counts as a `timeout` error.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Two decimals: enough for every figure, short lines.
 pub fn round(v: f64) -> f64 {
@@ -135,6 +158,252 @@ pub fn kith_pid(data_dir: &Path) -> Result<u32> {
     )
 }
 
+// ---------------------------------------------------------------------------------------
+// Closed-loop write load: N tasks, each issuing one request after another.
+
+/// One client of the load: issues the `seq`-th write of its task.
+pub trait Writer: Send + 'static {
+    fn write(&mut self, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// When the load stops.
+#[derive(Clone, Copy)]
+pub enum Limit {
+    /// Run `warmup` unmeasured, then measure requests started during `measure`.
+    Time { warmup: Duration, measure: Duration },
+    /// Issue this many requests in total, all measured.
+    Count(u64),
+}
+
+#[derive(Default)]
+pub struct LoadResult {
+    /// Latency of each measured successful request, in microseconds.
+    pub latencies_us: Vec<u64>,
+    /// Failed measured requests by HTTP status or error kind.
+    pub errors: BTreeMap<String, u64>,
+    /// From the start of measurement to the last measured completion.
+    pub elapsed: Duration,
+    /// CPU cores busy on average during the whole load (warmup included): the server's and
+    /// this bench process's (the load generator shares the machine with the server).
+    pub server_cores: f64,
+    pub client_cores: f64,
+}
+
+impl LoadResult {
+    pub fn ok(&self) -> u64 {
+        self.latencies_us.len() as u64
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn throughput(&self) -> f64 {
+        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `p`-quantile latency in milliseconds (nearest rank); `latencies_us` is sorted.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * self.latencies_us.len() as f64).ceil() as usize).max(1);
+        self.latencies_us[rank.min(self.latencies_us.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// Runs `writers` concurrently, each issuing its next request as soon as the last one
+/// completed, until `limit`.
+pub async fn run_load<W: Writer>(writers: Vec<W>, limit: Limit) -> LoadResult {
+    run_paced_load(writers, limit, None).await
+}
+
+/// Like [`run_load`], but with `period`, each writer starts a request at most once per
+/// period (a steady offered load rather than as much as the server takes); latencies still
+/// count from a request's start to its completion.
+pub async fn run_paced_load<W: Writer>(
+    writers: Vec<W>,
+    limit: Limit,
+    period: Option<Duration>,
+) -> LoadResult {
+    let start = Instant::now();
+    let (measure_from, measure_until) = match limit {
+        Limit::Time { warmup, measure } => (start + warmup, Some(start + warmup + measure)),
+        Limit::Count(_) => (start, None),
+    };
+    let issued = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = writers
+        .into_iter()
+        .map(|mut w| {
+            let issued = issued.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = BTreeMap::<String, u64>::new();
+                let mut last_done = measure_from;
+                let mut seq = 0u64;
+                loop {
+                    let began = Instant::now();
+                    if measure_until.is_some_and(|until| began >= until) {
+                        break;
+                    }
+                    if let Limit::Count(n) = limit {
+                        if issued.fetch_add(1, Ordering::Relaxed) >= n {
+                            break;
+                        }
+                    }
+                    seq += 1;
+                    let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, w.write(seq)).await {
+                        Ok(r) => r,
+                        Err(_) => Err("timeout".to_string()),
+                    };
+                    let done = Instant::now();
+                    if let Some(period) = period {
+                        tokio::time::sleep_until((began + period).into()).await;
+                    }
+                    if began < measure_from {
+                        continue;
+                    }
+                    last_done = last_done.max(done);
+                    match outcome {
+                        Ok(()) => latencies.push((done - began).as_micros() as u64),
+                        Err(kind) => *errors.entry(kind).or_default() += 1,
+                    }
+                }
+                (latencies, errors, last_done)
+            })
+        })
+        .collect();
+    let mut result = LoadResult::default();
+    let mut last_done = measure_from;
+    for task in tasks {
+        let (lat, errs, done) = task.await.expect("load task panicked");
+        result.latencies_us.extend(lat);
+        for (k, v) in errs {
+            *result.errors.entry(k).or_default() += v;
+        }
+        last_done = last_done.max(done);
+    }
+    result.latencies_us.sort_unstable();
+    result.elapsed = last_done - measure_from;
+    result
+}
+
+/// Creates ConfigMaps named `<prefix>-<task>-<seq>` through a shared kube-rs client.
+pub struct KithWriter {
+    api: Api<ConfigMap>,
+    prefix: String,
+    payload: Arc<str>,
+}
+
+impl Writer for KithWriter {
+    fn write(&mut self, seq: u64) -> impl Future<Output = Result<(), String>> + Send {
+        let cm = config_map(&format!("{}-{seq}", self.prefix), &self.payload);
+        let api = self.api.clone();
+        async move {
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(kube_error_kind(&e)),
+            }
+        }
+    }
+}
+
+pub fn config_map(name: &str, payload: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "payload".to_string(),
+            payload.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+pub fn kube_error_kind(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} {}", status.code, status.reason),
+        kube::Error::HyperError(_) => "transport: hyper".into(),
+        kube::Error::Service(_) => "transport: service".into(),
+        kube::Error::SerdeError(_) => "bad response body".into(),
+        other => format!("client: {}", short(&other.to_string())),
+    }
+}
+
+pub fn short(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// `n` writers creating ConfigMaps `<prefix>-<i>-<seq>` in namespace `ns`, writer `i`
+/// through `clients[i % clients.len()]` (one client per box of a region spreads the load
+/// round robin over the boxes, as [`etcd::client_url`] does over etcd members).
+pub fn kith_writers(
+    clients: &[kube::Client],
+    ns: &str,
+    prefix: &str,
+    n: usize,
+    payload: &Arc<str>,
+) -> Vec<KithWriter> {
+    (0..n)
+        .map(|i| KithWriter {
+            api: Api::namespaced(clients[i % clients.len()].clone(), ns),
+            prefix: format!("{prefix}-{i}"),
+            payload: payload.clone(),
+        })
+        .collect()
+}
+
+/// Puts `bench/<task>/<seq>` = the payload through `POST /v3/kv/put`, on its own connection.
+pub struct EtcdWriter {
+    /// The member this client talks to ([`etcd::client_url`] spreads clients over members).
+    url: String,
+    conn: Option<EtcdConn>,
+    prefix: String,
+    value_b64: Arc<str>,
+}
+
+impl Writer for EtcdWriter {
+    async fn write(&mut self, seq: u64) -> Result<(), String> {
+        if self.conn.is_none() {
+            self.conn = Some(
+                EtcdConn::connect(&self.url)
+                    .await
+                    .map_err(|e| format!("connect: {}", short(&e.to_string())))?,
+            );
+        }
+        let key =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}/{seq}", self.prefix));
+        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, self.value_b64);
+        let conn = self.conn.as_mut().expect("connected above");
+        match conn.request("POST", "/v3/kv/put", Bytes::from(body)).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, _)) => Err(status.to_string()),
+            Err(e) => {
+                self.conn = None;
+                Err(format!("transport: {}", short(&e.to_string())))
+            }
+        }
+    }
+}
+
+/// `n` writers putting `bench/<i>/<seq>` = `payload`, writer `i` on its own connection to
+/// member [`etcd::client_url`]`(urls, i)`.
+pub fn etcd_writers(urls: &[String], n: usize, payload: &str) -> Vec<EtcdWriter> {
+    let value_b64: Arc<str> = base64::engine::general_purpose::STANDARD
+        .encode(payload.as_bytes())
+        .into();
+    (0..n)
+        .map(|i| EtcdWriter {
+            url: etcd::client_url(urls, i).to_string(),
+            conn: None,
+            prefix: format!("bench/{i}"),
+            value_b64: value_b64.clone(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +439,37 @@ mod tests {
             assert_eq!(percentile(&sorted, p), want, "p{p}");
         }
         assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    /// Fails every even-numbered write of its task.
+    struct EveryOtherFails;
+
+    impl Writer for EveryOtherFails {
+        async fn write(&mut self, seq: u64) -> Result<(), String> {
+            if seq.is_multiple_of(2) {
+                Err("even".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn load_counts_outcomes_and_keeps_the_pace() {
+        let writers = vec![EveryOtherFails, EveryOtherFails];
+        let period = Duration::from_millis(50);
+        let began = Instant::now();
+        let r = run_paced_load(writers, Limit::Count(8), Some(period)).await;
+        // 8 requests over 2 writers: 4 each, started 50 ms apart (the last one's period is
+        // waited out too).
+        assert!(began.elapsed() >= 4 * period, "{:?}", began.elapsed());
+        assert_eq!(r.ok(), 4);
+        assert_eq!(r.errors, BTreeMap::from([("even".to_string(), 4)]));
+
+        let began = Instant::now();
+        let r = run_load(vec![EveryOtherFails], Limit::Count(4)).await;
+        assert!(began.elapsed() < period, "unpaced: {:?}", began.elapsed());
+        assert_eq!((r.ok(), r.failed()), (2, 2));
     }
 
     #[test]

@@ -256,6 +256,13 @@ impl Region {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// SIGTERM the box on `host` (SIGKILL after the lab's grace period), e.g. to free the
+    /// hosts for another server in the same lab.
+    pub fn stop(&mut self, host: &str) -> Result<()> {
+        let name = self.proc_name(host)?;
+        self.lab.stop(&name).map(drop)
+    }
+
     pub fn kill9(&mut self, host: &str) -> Result<()> {
         let name = self.proc_name(host)?;
         self.lab.kill9(&name)

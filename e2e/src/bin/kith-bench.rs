@@ -18,30 +18,25 @@
 //! `/usr/bin/etcd`).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use base64::Engine as _;
-use bytes::Bytes;
 use futures::TryStreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kith_e2e::bench::{figure, kith_pid, mib, round, rss_bytes, Better, Figure};
-use kith_e2e::etcd::{self, etcd_bin, EtcdConn};
+use kith_e2e::bench::{
+    config_map, etcd_writers, figure, kith_pid, kith_writers, kube_error_kind, mib, round,
+    rss_bytes, run_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
+};
+use kith_e2e::etcd::{self, etcd_bin};
 use kith_e2e::{kith_bin, Cluster};
-use kube::api::{Api, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Map};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, Semaphore};
 
-/// Size of the payload every write carries.
-const PAYLOAD_BYTES: usize = 1024;
-/// A request that takes longer than this counts as a `timeout` error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long all watchers together may take to be established.
 const WATCH_SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one fan-out round may take before the missing watchers count as errors.
@@ -159,184 +154,6 @@ fn binary_size() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Closed-loop load: N tasks, each issuing one request after another.
-
-/// One client of the load: issues the `seq`-th write of its task.
-trait Writer: Send + 'static {
-    fn write(&mut self, seq: u64) -> impl Future<Output = Result<(), String>> + Send;
-}
-
-/// When the load stops.
-#[derive(Clone, Copy)]
-enum Limit {
-    /// Run `warmup` unmeasured, then measure requests started during `measure`.
-    Time { warmup: Duration, measure: Duration },
-    /// Issue this many requests in total, all measured.
-    Count(u64),
-}
-
-#[derive(Default)]
-struct LoadResult {
-    /// Latency of each measured successful request, in microseconds.
-    latencies_us: Vec<u64>,
-    /// Failed measured requests by HTTP status or error kind.
-    errors: BTreeMap<String, u64>,
-    /// From the start of measurement to the last measured completion.
-    elapsed: Duration,
-    /// CPU cores busy on average during the whole load (warmup included): the server's and
-    /// this bench process's (the load generator shares the machine with the server).
-    server_cores: f64,
-    client_cores: f64,
-}
-
-impl LoadResult {
-    fn ok(&self) -> u64 {
-        self.latencies_us.len() as u64
-    }
-
-    fn failed(&self) -> u64 {
-        self.errors.values().sum()
-    }
-
-    fn throughput(&self) -> f64 {
-        self.ok() as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-
-    /// The `p`-quantile latency in milliseconds (nearest rank); `latencies_us` is sorted.
-    fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies_us.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p * self.latencies_us.len() as f64).ceil() as usize).max(1);
-        self.latencies_us[rank.min(self.latencies_us.len()) - 1] as f64 / 1000.0
-    }
-}
-
-async fn run_load<W: Writer>(writers: Vec<W>, limit: Limit) -> LoadResult {
-    let start = Instant::now();
-    let (measure_from, measure_until) = match limit {
-        Limit::Time { warmup, measure } => (start + warmup, Some(start + warmup + measure)),
-        Limit::Count(_) => (start, None),
-    };
-    let issued = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = writers
-        .into_iter()
-        .map(|mut w| {
-            let issued = issued.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = BTreeMap::<String, u64>::new();
-                let mut last_done = measure_from;
-                let mut seq = 0u64;
-                loop {
-                    let began = Instant::now();
-                    if measure_until.is_some_and(|until| began >= until) {
-                        break;
-                    }
-                    if let Limit::Count(n) = limit {
-                        if issued.fetch_add(1, Ordering::Relaxed) >= n {
-                            break;
-                        }
-                    }
-                    seq += 1;
-                    let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, w.write(seq)).await {
-                        Ok(r) => r,
-                        Err(_) => Err("timeout".to_string()),
-                    };
-                    let done = Instant::now();
-                    if began < measure_from {
-                        continue;
-                    }
-                    last_done = last_done.max(done);
-                    match outcome {
-                        Ok(()) => latencies.push((done - began).as_micros() as u64),
-                        Err(kind) => *errors.entry(kind).or_default() += 1,
-                    }
-                }
-                (latencies, errors, last_done)
-            })
-        })
-        .collect();
-    let mut result = LoadResult::default();
-    let mut last_done = measure_from;
-    for task in tasks {
-        let (lat, errs, done) = task.await.expect("load task panicked");
-        result.latencies_us.extend(lat);
-        for (k, v) in errs {
-            *result.errors.entry(k).or_default() += v;
-        }
-        last_done = last_done.max(done);
-    }
-    result.latencies_us.sort_unstable();
-    result.elapsed = last_done - measure_from;
-    result
-}
-
-/// Creates ConfigMaps named `<prefix>-<task>-<seq>` through a shared kube-rs client.
-struct KithWriter {
-    api: Api<ConfigMap>,
-    prefix: String,
-    payload: Arc<str>,
-}
-
-impl Writer for KithWriter {
-    fn write(&mut self, seq: u64) -> impl Future<Output = Result<(), String>> + Send {
-        let cm = config_map(&format!("{}-{seq}", self.prefix), &self.payload);
-        let api = self.api.clone();
-        async move {
-            match api.create(&PostParams::default(), &cm).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(kube_error_kind(&e)),
-            }
-        }
-    }
-}
-
-fn config_map(name: &str, payload: &str) -> ConfigMap {
-    ConfigMap {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "payload".to_string(),
-            payload.to_string(),
-        )])),
-        ..Default::default()
-    }
-}
-
-fn kube_error_kind(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) => format!("{} {}", status.code, status.reason),
-        kube::Error::HyperError(_) => "transport: hyper".into(),
-        kube::Error::Service(_) => "transport: service".into(),
-        kube::Error::SerdeError(_) => "bad response body".into(),
-        other => format!("client: {}", short(&other.to_string())),
-    }
-}
-
-fn short(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
-fn kith_writers(
-    client: &kube::Client,
-    ns: &str,
-    prefix: &str,
-    n: usize,
-    payload: &Arc<str>,
-) -> Vec<KithWriter> {
-    (0..n)
-        .map(|i| KithWriter {
-            api: Api::namespaced(client.clone(), ns),
-            prefix: format!("{prefix}-{i}"),
-            payload: payload.clone(),
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------
 // Figure 1: create throughput and latency
 
 async fn create_phase_kith(args: &Args, payload: &Arc<str>) -> Result<LoadResult> {
@@ -349,7 +166,13 @@ async fn create_phase_kith(args: &Args, payload: &Arc<str>) -> Result<LoadResult
         args.warmup(),
         args.secs
     );
-    let writers = kith_writers(&client, &ns, "cm", args.clients, payload);
+    let writers = kith_writers(
+        std::slice::from_ref(&client),
+        &ns,
+        "cm",
+        args.clients,
+        payload,
+    );
     let cpu = CpuUse::start(kith_pid(&cluster.data_dir())?)?;
     let mut result = run_load(
         writers,
@@ -493,39 +316,6 @@ impl Etcd {
     }
 }
 
-/// Puts `bench/<task>/<seq>` = the payload through `POST /v3/kv/put`, on its own connection.
-struct EtcdWriter {
-    /// The member this client talks to ([`etcd::client_url`] spreads clients over members).
-    url: String,
-    conn: Option<EtcdConn>,
-    prefix: String,
-    value_b64: Arc<str>,
-}
-
-impl Writer for EtcdWriter {
-    async fn write(&mut self, seq: u64) -> Result<(), String> {
-        if self.conn.is_none() {
-            self.conn = Some(
-                EtcdConn::connect(&self.url)
-                    .await
-                    .map_err(|e| format!("connect: {}", short(&e.to_string())))?,
-            );
-        }
-        let key =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}/{seq}", self.prefix));
-        let body = format!(r#"{{"key":"{key}","value":"{}"}}"#, self.value_b64);
-        let conn = self.conn.as_mut().expect("connected above");
-        match conn.request("POST", "/v3/kv/put", Bytes::from(body)).await {
-            Ok((200, _)) => Ok(()),
-            Ok((status, _)) => Err(status.to_string()),
-            Err(e) => {
-                self.conn = None;
-                Err(format!("transport: {}", short(&e.to_string())))
-            }
-        }
-    }
-}
-
 async fn create_phase_etcd(args: &Args, payload: &Arc<str>, bin: &Path) -> Result<LoadResult> {
     let etcd = Etcd::start(bin).await?;
     eprintln!(
@@ -534,17 +324,11 @@ async fn create_phase_etcd(args: &Args, payload: &Arc<str>, bin: &Path) -> Resul
         args.warmup(),
         args.secs
     );
-    let value_b64: Arc<str> = base64::engine::general_purpose::STANDARD
-        .encode(payload.as_bytes())
-        .into();
-    let writers = (0..args.clients)
-        .map(|i| EtcdWriter {
-            url: etcd::client_url(std::slice::from_ref(&etcd.client_url), i).to_string(),
-            conn: None,
-            prefix: format!("bench/{i}"),
-            value_b64: value_b64.clone(),
-        })
-        .collect();
+    let writers = etcd_writers(
+        std::slice::from_ref(&etcd.client_url),
+        args.clients,
+        payload,
+    );
     let cpu = CpuUse::start(etcd.child.id().context("etcd exited")?)?;
     let mut result = run_load(
         writers,
@@ -615,7 +399,13 @@ async fn memory_and_fanout(args: &Args, payload: &Arc<str>) -> Result<()> {
 
     let ns = cluster.namespace("bench-objects").await?;
     eprintln!("kith-bench: storing {} ConfigMaps of 1 KiB", args.objects);
-    let writers = kith_writers(&client, &ns, "obj", args.clients, payload);
+    let writers = kith_writers(
+        std::slice::from_ref(&client),
+        &ns,
+        "obj",
+        args.clients,
+        payload,
+    );
     let fill = run_load(writers, Limit::Count(args.objects)).await;
     print_errors_hint("kith fill", &fill, &cluster.log_path());
     tokio::time::sleep(args.settle()).await;

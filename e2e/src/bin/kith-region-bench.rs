@@ -1,0 +1,489 @@
+//! `kith-region-bench`: the figures of a 3-box region, one `BENCH {json}` line each, printed
+//! as they are measured. Run as root (the hosts are network namespaces, see
+//! [`kith_e2e::netlab`]).
+//!
+//! ```text
+//!  lab 1  c1 c2 c3 ── kith control ×3 ◄── 64 clients, 1 KiB ConfigMaps, client i → box i % 3
+//!                     (boxes stopped)
+//!                  ── etcd 3.4 ×3     ◄── 64 clients, 1 KiB puts (JSON gateway), member i % 3
+//!         → region_create_throughput, region_create_p99_ms (etcd the baseline)
+//!  lab 2  c1 c2 c3 ── kith control ×3, netem 25 ms per host (when the kernel has it)
+//!         ×N: kill -9 the leader → first accepted create through a survivor → restart it,
+//!             wait until it serves and has applied what the leader had committed
+//!         → region_failover_median_ms, region_failover_max_ms
+//!         netem 50 ± 10 ms, 0.5 % loss per host; 16 paced clients for --steady-secs
+//!         → region_leader_changes
+//! ```
+//!
+//! Each lab (its namespaces, processes, data) is removed when it drops, also on error.
+//! Latencies and throughput count successful requests only; failures are counted by kind in
+//! the `errors` keys. Every host's netem applies to its egress, so a 25 ms setting on each
+//! host makes a 50 ms round trip between boxes.
+//!
+//! Usage: `kith-region-bench [--quick] [--secs N] [--kills N] [--steady-secs N]
+//! [--no-etcd]`. Environment: `KITH_BIN` (the kith binary), `KITH_ETCD` (default
+//! `/usr/bin/etcd`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kith_e2e::bench::{
+    config_map, etcd_writers, figure, kith_writers, kube_error_kind, percentile, round, run_load,
+    run_paced_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
+};
+use kith_e2e::etcd::{self, etcd_bin, start_etcd_cluster};
+use kith_e2e::netlab::NetemUnsupported;
+use kith_e2e::region::Region;
+use kube::api::{Api, PostParams};
+use serde_json::{json, Map, Value};
+use tokio::task::JoinSet;
+
+/// The region's boxes (and the etcd members, on the same hosts).
+const HOSTS: [&str; 3] = ["c1", "c2", "c3"];
+/// Where the bench's ConfigMaps go.
+const NAMESPACE: &str = "default";
+/// The `links` note when the kernel cannot delay packets.
+const NO_NETEM: &str = "loopback-speed veth, no netem on this kernel";
+/// How long after a kill -9 the region may take to accept a write before the bench gives up.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+/// A failover client starts a new create this often while none has succeeded, so one
+/// request stuck on the dead leader does not hide that the region is back.
+const FAILOVER_RETRY: Duration = Duration::from_millis(50);
+/// How long a restarted box may take to apply what the leader had committed.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// Steady phase: each client starts one create per period (16 clients: ≤ 160 writes/s),
+/// a steady load rather than one that saturates the machine's two cores.
+const STEADY_PERIOD: Duration = Duration::from_millis(100);
+/// The counter each box exports (prometheus-client adds `_total` to counters).
+const LEADER_CHANGES: &str = "kith_raft_leader_changes_total";
+
+struct Args {
+    quick: bool,
+    /// Length of each measured create phase.
+    secs: u64,
+    clients: usize,
+    kills: usize,
+    steady_secs: u64,
+    steady_clients: usize,
+    etcd: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Args> {
+        let mut quick = false;
+        let (mut secs, mut kills, mut steady_secs) = (None, None, None);
+        let mut etcd = true;
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| -> Result<u64> {
+                let v = it.next().with_context(|| format!("{name} needs a value"))?;
+                v.parse()
+                    .with_context(|| format!("{name} {v}: not a number"))
+            };
+            match a.as_str() {
+                "--quick" => quick = true,
+                "--secs" => secs = Some(value("--secs")?),
+                "--kills" => kills = Some(value("--kills")?),
+                "--steady-secs" => steady_secs = Some(value("--steady-secs")?),
+                "--no-etcd" => etcd = false,
+                "-h" | "--help" => {
+                    println!(
+                        "usage: kith-region-bench [--quick] [--secs N] [--kills N] \
+                         [--steady-secs N] [--no-etcd]"
+                    );
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?} (try --help)"),
+            }
+        }
+        let args = Args {
+            quick,
+            secs: secs.unwrap_or(if quick { 5 } else { 20 }),
+            clients: 64,
+            kills: kills.unwrap_or(if quick { 3 } else { 10 }) as usize,
+            steady_secs: steady_secs.unwrap_or(if quick { 20 } else { 300 }),
+            steady_clients: 16,
+            etcd,
+        };
+        if args.secs == 0 || args.kills == 0 || args.steady_secs == 0 {
+            bail!("--secs, --kills and --steady-secs must be positive");
+        }
+        Ok(args)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs(if self.quick { 1 } else { 2 })
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse()?;
+    if !rustix::process::geteuid().is_root() {
+        bail!("kith-region-bench makes network namespaces: run it as root");
+    }
+    eprintln!(
+        "kith-region-bench: {} cpus, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+    let payload: Arc<str> = "x".repeat(PAYLOAD_BYTES).into();
+    create_phase(&args, &payload).await?;
+
+    let mut region = Region::new("rbfo", &HOSTS, &[])?;
+    start_region(&mut region).await?;
+    failover_phase(&args, &mut region).await?;
+    steady_phase(&args, &mut region, &payload).await
+}
+
+/// Founds the region on the first host and joins the others through it.
+async fn start_region(region: &mut Region) -> Result<()> {
+    region.found(HOSTS[0]).await?;
+    for host in &HOSTS[1..] {
+        region.join(host, HOSTS[0]).await?;
+    }
+    let leader = region.leader(&[]).await?;
+    eprintln!("kith-region-bench: region of {HOSTS:?} up, leader {leader}");
+    Ok(())
+}
+
+/// Sets netem on every host; `None` when set, the note for the line when the kernel has no
+/// netem.
+fn set_links(
+    region: &mut Region,
+    delay_ms: u32,
+    jitter_ms: u32,
+    loss_pct: f64,
+) -> Result<Option<&'static str>> {
+    for host in HOSTS {
+        if let Err(e) = region.lab.netem(host, delay_ms, jitter_ms, loss_pct) {
+            if e.downcast_ref::<NetemUnsupported>().is_some() {
+                eprintln!("kith-region-bench: {e:#}; links stay at veth speed");
+                return Ok(Some(NO_NETEM));
+            }
+            return Err(e);
+        }
+    }
+    Ok(None)
+}
+
+/// The `links` field: what the links were, measured or not.
+fn links(note: Option<&str>, delay_ms: u32, jitter_ms: u32, loss_pct: f64) -> Value {
+    match note {
+        Some(note) => json!(note),
+        None => json!(format!(
+            "netem on every host's egress: {delay_ms} ms ± {jitter_ms} ms, {loss_pct} % loss \
+             (box-to-box round trip {} ms)",
+            2 * delay_ms
+        )),
+    }
+}
+
+fn print_errors_hint(who: &str, r: &LoadResult) {
+    eprintln!(
+        "kith-region-bench: {who}: {} ok, {} failed {:?}",
+        r.ok(),
+        r.failed(),
+        r.errors
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Figure 1: create throughput and p99 latency, kith region against an etcd cluster
+
+async fn create_phase(args: &Args, payload: &Arc<str>) -> Result<()> {
+    let mut region = Region::new("rbtp", &HOSTS, &[])?;
+    start_region(&mut region).await?;
+    let mut clients = Vec::new();
+    for host in HOSTS {
+        clients.push(region.client(host).await?);
+    }
+    eprintln!(
+        "kith-region-bench: kith create load: {} clients over {} boxes, {:?} warmup + {}s",
+        args.clients,
+        HOSTS.len(),
+        args.warmup(),
+        args.secs
+    );
+    let writers = kith_writers(&clients, NAMESPACE, "cm", args.clients, payload);
+    let kith = run_load(writers, measured(args)).await;
+    print_errors_hint("kith", &kith);
+    drop(clients);
+    for host in HOSTS {
+        region.stop(host)?;
+    }
+
+    let etcd = match (args.etcd, etcd_bin()) {
+        (true, Some(_)) => {
+            let urls = start_etcd_cluster(&mut region.lab, &HOSTS).await?;
+            eprintln!(
+                "kith-region-bench: etcd put load: {} clients over {} members, {:?} warmup + {}s",
+                args.clients,
+                urls.len(),
+                args.warmup(),
+                args.secs
+            );
+            let writers = etcd_writers(&urls, args.clients, payload);
+            let result = run_load(writers, measured(args)).await;
+            print_errors_hint("etcd", &result);
+            for host in HOSTS {
+                region.lab.stop(&etcd::proc_name(host))?;
+            }
+            Some(result)
+        }
+        (true, None) => {
+            eprintln!(
+                "kith-region-bench: no etcd binary (set KITH_ETCD or install etcd-server); \
+                 no baseline"
+            );
+            None
+        }
+        (false, _) => None,
+    };
+    report_create(args, &kith, etcd.as_ref());
+    Ok(())
+}
+
+fn measured(args: &Args) -> Limit {
+    Limit::Time {
+        warmup: args.warmup(),
+        measure: Duration::from_secs(args.secs),
+    }
+}
+
+fn report_create(args: &Args, kith: &LoadResult, etcd: Option<&LoadResult>) {
+    let baseline = |v: f64| etcd.map(|_| ("etcd-3.4-3-members-v3-json-gateway", v));
+    let mut extra = Map::new();
+    extra.insert("boxes".into(), json!(HOSTS.len()));
+    extra.insert("clients".into(), json!(args.clients));
+    extra.insert("ok".into(), json!(kith.ok()));
+    extra.insert("errors".into(), json!(kith.errors));
+    if let Some(e) = etcd {
+        extra.insert("baseline_ok".into(), json!(e.ok()));
+        extra.insert("baseline_errors".into(), json!(e.errors));
+    }
+    extra.insert("links".into(), json!("veth, no netem in this phase"));
+    Figure {
+        name: "region_create_throughput",
+        value: kith.throughput(),
+        unit: "creates/s",
+        baseline: baseline(etcd.map_or(0.0, LoadResult::throughput)),
+        better: Better::Higher,
+        extra,
+    }
+    .print();
+    let mut extra = Map::new();
+    extra.insert("p50_ms".into(), json!(round(kith.percentile_ms(0.5))));
+    if let Some(e) = etcd {
+        extra.insert("baseline_p50_ms".into(), json!(round(e.percentile_ms(0.5))));
+    }
+    extra.insert("errors".into(), json!(kith.errors));
+    Figure {
+        name: "region_create_p99_ms",
+        value: kith.percentile_ms(0.99),
+        unit: "ms",
+        baseline: baseline(etcd.map_or(0.0, |e| e.percentile_ms(0.99))),
+        better: Better::Lower,
+        extra,
+    }
+    .print();
+}
+
+// ---------------------------------------------------------------------------------------
+// Figure 2: failover after kill -9 of the leader
+
+async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
+    let note = set_links(region, 25, 0, 0.0)?;
+    let mut failover_ms = Vec::new();
+    let mut rejoin_ms = Vec::new();
+    for kill in 0..args.kills {
+        let leader = region.leader(&[]).await?;
+        let mut apis = Vec::new();
+        for host in HOSTS.iter().filter(|h| **h != leader) {
+            let api: Api<ConfigMap> = Api::namespaced(region.client(host).await?, NAMESPACE);
+            apis.push((host.to_string(), api));
+        }
+        region.kill9(&leader)?;
+        let took = first_write(&apis, kill).await?;
+        let restarted = Instant::now();
+        region.restart(&leader).await?;
+        caught_up(region, &leader).await?;
+        let rejoin = restarted.elapsed();
+        eprintln!(
+            "kith-region-bench: kill {}/{}: leader {leader} killed, first write after {took:?}, \
+             back and caught up {rejoin:?} after its restart",
+            kill + 1,
+            args.kills
+        );
+        failover_ms.push(as_ms(took));
+        rejoin_ms.push(as_ms(rejoin));
+    }
+    let mut sorted = failover_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut rejoin_sorted = rejoin_ms.clone();
+    rejoin_sorted.sort_by(f64::total_cmp);
+    for (name, value) in [
+        ("region_failover_median_ms", percentile(&sorted, 0.5)),
+        ("region_failover_max_ms", percentile(&sorted, 1.0)),
+    ] {
+        let mut f = figure(name, value, "ms");
+        f.better = Better::Lower;
+        f.extra.insert("kills".into(), json!(args.kills));
+        f.extra.insert("samples_ms".into(), json!(failover_ms));
+        f.extra.insert(
+            "rejoin_median_ms".into(),
+            json!(round(percentile(&rejoin_sorted, 0.5))),
+        );
+        f.extra.insert("links".into(), links(note, 25, 0, 0.0));
+        f.print();
+    }
+    Ok(())
+}
+
+fn as_ms(d: Duration) -> f64 {
+    round(d.as_secs_f64() * 1000.0)
+}
+
+/// Time from now until the first create accepted through any of `apis` (the survivors),
+/// a new attempt every [`FAILOVER_RETRY`], alternating between them.
+async fn first_write(apis: &[(String, Api<ConfigMap>)], kill: usize) -> Result<Duration> {
+    let began = Instant::now();
+    let mut attempts = JoinSet::new();
+    let mut tick = tokio::time::interval(FAILOVER_RETRY);
+    let mut last_error = String::from("no attempt finished");
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if began.elapsed() > FAILOVER_LIMIT {
+                    bail!("no write accepted within {FAILOVER_LIMIT:?} of killing the leader: {last_error}");
+                }
+                let (host, api) = apis[n % apis.len()].clone();
+                let cm = config_map(&format!("failover-{kill}-{n}"), "x");
+                n += 1;
+                attempts.spawn(async move {
+                    match api.create(&PostParams::default(), &cm).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(format!("{host}: {}", kube_error_kind(&e))),
+                    }
+                });
+            }
+            Some(done) = attempts.join_next() => match done? {
+                Ok(()) => {
+                    let took = began.elapsed();
+                    attempts.abort_all();
+                    return Ok(took);
+                }
+                Err(e) => last_error = e,
+            },
+        }
+    }
+}
+
+/// Waits until the box on `host` has applied everything the leader had committed when the
+/// box came back.
+async fn caught_up(region: &Region, host: &str) -> Result<()> {
+    let began = Instant::now();
+    let leader = region.leader(&[]).await?;
+    let target = region.metric(&leader, "kith_raft_commit_index").await?;
+    loop {
+        let applied = region.metric(host, "kith_raft_applied_index").await;
+        if matches!(applied, Ok(a) if a >= target) {
+            return Ok(());
+        }
+        if began.elapsed() > CATCH_UP_LIMIT {
+            bail!("{host} did not apply up to {target} within {CATCH_UP_LIMIT:?}: {applied:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Figure 3: leader changes under steady load on slow, lossy links
+
+async fn steady_phase(args: &Args, region: &mut Region, payload: &Arc<str>) -> Result<()> {
+    let (delay, jitter, loss) = (50, 10, 0.5);
+    let note = set_links(region, delay, jitter, loss)?;
+    // Let the boxes settle on the new links before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = leader_changes(region).await?;
+    let term_before = leader_term(region).await?;
+    let mut clients = Vec::new();
+    for host in HOSTS {
+        clients.push(region.client(host).await?);
+    }
+    eprintln!(
+        "kith-region-bench: steady load: {} clients, one create per {STEADY_PERIOD:?} each, {}s",
+        args.steady_clients, args.steady_secs
+    );
+    let writers = kith_writers(&clients, NAMESPACE, "steady", args.steady_clients, payload);
+    let load = run_paced_load(
+        writers,
+        Limit::Time {
+            warmup: Duration::ZERO,
+            measure: Duration::from_secs(args.steady_secs),
+        },
+        Some(STEADY_PERIOD),
+    )
+    .await;
+    print_errors_hint("steady", &load);
+    let after = leader_changes(region).await?;
+    let term_after = leader_term(region).await?;
+    let changes: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let mut f = figure("region_leader_changes", changes, "changes");
+    f.better = Better::Lower;
+    f.extra.insert(
+        "counted".into(),
+        json!(format!(
+            "sum over the {} boxes of the increase of {LEADER_CHANGES} in /metrics",
+            HOSTS.len()
+        )),
+    );
+    f.extra
+        .insert("term_increase".into(), json!(term_after - term_before));
+    f.extra.insert("secs".into(), json!(args.steady_secs));
+    f.extra.insert("clients".into(), json!(args.steady_clients));
+    f.extra.insert("writes_ok".into(), json!(load.ok()));
+    f.extra.insert("errors".into(), json!(load.errors));
+    f.extra.insert(
+        "write_p99_ms".into(),
+        json!(round(load.percentile_ms(0.99))),
+    );
+    f.extra
+        .insert("links".into(), links(note, delay, jitter, loss));
+    f.print();
+    Ok(())
+}
+
+/// Each box's leader-change counter, in the order of [`HOSTS`].
+async fn leader_changes(region: &Region) -> Result<Vec<f64>> {
+    let mut values = Vec::new();
+    for host in HOSTS {
+        values.push(metric_retrying(region, host, LEADER_CHANGES).await?);
+    }
+    Ok(values)
+}
+
+/// The current leader's term.
+async fn leader_term(region: &Region) -> Result<f64> {
+    let leader = region.leader(&[]).await?;
+    metric_retrying(region, &leader, "kith_raft_term").await
+}
+
+/// A metric read over a lossy link: a few tries before giving up.
+async fn metric_retrying(region: &Region, host: &str, name: &str) -> Result<f64> {
+    let mut last = None;
+    for _ in 0..5 {
+        match tokio::time::timeout(Duration::from_secs(5), region.metric(host, name)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => last = Some(anyhow::anyhow!("timed out")),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(last.expect("tried")).with_context(|| format!("{name} of {host}"))
+}
