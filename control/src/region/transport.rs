@@ -451,6 +451,10 @@ async fn handle(
             Err(e) => plain(StatusCode::BAD_REQUEST, e),
         },
         "/raft/leader" => match serde_json::from_slice::<LeaderCall>(&body) {
+            // Forwarded writes join this box's own write queue (group commit).
+            Ok(LeaderCall::Write { ops, expires_ms }) => {
+                json(&store.write_forwarded(ops, expires_ms).await)
+            }
             Ok(call) => json(&leader::serve(raft, call).await),
             Err(e) => bad(e),
         },

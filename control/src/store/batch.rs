@@ -48,10 +48,14 @@ pub fn revision(index: u64, position: usize) -> u64 {
         .saturating_add(position as u64)
 }
 
+/// What a writer gets back: the log index of the entry that carried its write (0 when
+/// none did) and the write's result.
+pub(crate) type Reply = (u64, Result<Bytes>);
+
 /// One write waiting to be proposed, and where its result goes.
 pub(crate) struct Pending {
     pub op: WriteOp,
-    pub reply: oneshot::Sender<Result<Bytes>>,
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// Counters of the proposer.
@@ -142,24 +146,24 @@ impl Proposer {
     async fn propose(
         &self,
         ops: Vec<WriteOp>,
-    ) -> std::result::Result<Vec<Result<Bytes>>, StoreError> {
+    ) -> std::result::Result<(u64, Vec<Result<Bytes>>), StoreError> {
         let call = LeaderCall::write(ops, self.timeout);
         let reply = leader::call(self.me, &self.raft, &self.transport, call, self.timeout).await?;
         let (index, results) = leader::written(reply)?;
         // Read-your-writes through a follower: answer once this replica has the entry.
         leader::applied(&self.raft, index, self.timeout).await?;
-        Ok(results)
+        Ok((index, results))
     }
 }
 
 /// Hand result `p` to writer `p`; an error of the whole batch to every writer in it.
 fn fan_out(
-    results: std::result::Result<Vec<Result<Bytes>>, StoreError>,
-    replies: Vec<oneshot::Sender<Result<Bytes>>>,
+    results: std::result::Result<(u64, Vec<Result<Bytes>>), StoreError>,
+    replies: Vec<oneshot::Sender<Reply>>,
     proposed: usize,
 ) {
     match results {
-        Ok(results) => {
+        Ok((index, results)) => {
             let got = results.len();
             let mut results = results.into_iter();
             for reply in replies {
@@ -169,12 +173,12 @@ fn fan_out(
                     )))
                 });
                 // The writer may have stopped waiting; its write is applied all the same.
-                let _ = reply.send(result);
+                let _ = reply.send((index, result));
             }
         }
         Err(e) => {
             for reply in replies {
-                let _ = reply.send(Err(e.clone()));
+                let _ = reply.send((0, Err(e.clone())));
             }
         }
     }
@@ -201,10 +205,12 @@ mod tests {
             Err(StoreError::AlreadyExists),
             Ok(Bytes::from_static(b"c")),
         ];
-        fan_out(Ok(results.clone()), txs, 3);
+        fan_out(Ok((7, results.clone())), txs, 3);
         let mut got = Vec::new();
         for rx in rxs {
-            got.push(rx.await.expect("reply"));
+            let (index, r) = rx.await.expect("reply");
+            assert_eq!(index, 7);
+            got.push(r);
         }
         assert_eq!(got, results);
     }
@@ -215,14 +221,14 @@ mod tests {
         let down = StoreError::Unavailable("not the leader".into());
         fan_out(Err(down.clone()), txs, 2);
         for rx in rxs {
-            assert_eq!(rx.await.expect("reply"), Err(down.clone()));
+            assert_eq!(rx.await.expect("reply"), (0, Err(down.clone())));
         }
 
         let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| oneshot::channel()).unzip();
-        fan_out(Ok(vec![Ok(Bytes::from_static(b"a"))]), txs, 2);
-        let second = rxs.pop().expect("rx").await.expect("reply");
+        fan_out(Ok((3, vec![Ok(Bytes::from_static(b"a"))])), txs, 2);
+        let (_, second) = rxs.pop().expect("rx").await.expect("reply");
         assert!(matches!(second, Err(StoreError::Internal(_))), "{second:?}");
-        let first = rxs.pop().expect("rx").await.expect("reply");
+        let (_, first) = rxs.pop().expect("rx").await.expect("reply");
         assert_eq!(first, Ok(Bytes::from_static(b"a")));
     }
 }

@@ -99,6 +99,29 @@ pub fn known_leader(raft: &KithRaft) -> Option<(NodeId, BasicNode)> {
     Some((id, node))
 }
 
+/// Why this node (`me`) must not take forwarded writes now, if it must not: it does not
+/// lead, or the writes' deadline has passed.
+pub fn refuse_forwarded(raft: &KithRaft, me: NodeId, expires_ms: u64) -> Option<LeaderReply> {
+    let leading = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(me) && m.state.is_leader()
+    };
+    if !leading {
+        let known = known_leader(raft);
+        return Some(LeaderReply::NotLeader {
+            leader_id: known.as_ref().map(|(id, _)| *id),
+            leader_addr: known.map(|(_, n)| n.addr),
+        });
+    }
+    if unix_ms() > expires_ms {
+        return Some(LeaderReply::Failed(StoreError::Unavailable(
+            "the write reached the leader after its deadline; not applied".into(),
+        )));
+    }
+    None
+}
+
 /// Answer `call` with this node's Raft (the receiving side of [`RaftTransport::leader`]).
 pub async fn serve(raft: &KithRaft, call: LeaderCall) -> LeaderReply {
     match call {

@@ -424,6 +424,44 @@ impl RaftStore {
         leader::call(self.node_id, &self.raft, &self.transport, call, timeout).await
     }
 
+    /// Writes a follower forwarded to this node (the leader): queued with this node's own,
+    /// so they share its next entry, fsync and replication round instead of taking one of
+    /// their own. Refused as `NotLeader` when this node does not lead (the follower tries
+    /// the one it names), or when `expires_ms` has passed.
+    pub async fn write_forwarded(&self, ops: Vec<WriteOp>, expires_ms: u64) -> LeaderReply {
+        if let Some(refused) = leader::refuse_forwarded(&self.raft, self.node_id, expires_ms) {
+            return refused;
+        }
+        let mut waiting = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (reply, result) = oneshot::channel();
+            if self.proposals.send(Pending { op, reply }).await.is_err() {
+                return LeaderReply::Failed(StoreError::Unavailable(
+                    "the store is shut down".into(),
+                ));
+            }
+            waiting.push(result);
+        }
+        let mut index = 0;
+        let mut results = Vec::with_capacity(waiting.len());
+        for result in waiting {
+            let (i, r) = result.await.unwrap_or_else(|_| {
+                (
+                    0,
+                    Err(StoreError::Unavailable(
+                        "the store shut down before the write committed".into(),
+                    )),
+                )
+            });
+            index = index.max(i);
+            results.push(r);
+        }
+        LeaderReply::Written {
+            index,
+            results: Replies(results),
+        }
+    }
+
     /// Make node `id` (its Raft endpoint at `addr`) a voter of the region, through the
     /// leader: a learner first, promoted once it has caught up. Returns the index of the
     /// membership entry. Idempotent.
@@ -489,9 +527,12 @@ impl ObjectStore for RaftStore {
                 .send(Pending { op, reply })
                 .await
                 .map_err(|_| StoreError::Unavailable("the store is shut down".into()))?;
-            result.await.map_err(|_| {
-                StoreError::Unavailable("the store shut down before the write committed".into())
-            })?
+            result
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable("the store shut down before the write committed".into())
+                })?
+                .1
         };
         // If this fires while the write is still queued, the proposer drops it unwritten.
         // A little past the proposer's own deadline, so that its more precise answer (no
