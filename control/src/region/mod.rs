@@ -280,6 +280,12 @@ pub async fn open_store(
         add_self(&transport, &through, membership).await?;
         tracing::info!(node = membership.node_id, "joined the region as a voter");
     }
+    // A box that just joined (empty) or restarted (behind) would answer from an old state:
+    // serve once caught up. Without a quorum that cannot be known; the box then serves
+    // anyway, refusing writes and linearizable reads until the region is back.
+    if let Err(e) = store.catch_up().await {
+        tracing::warn!(error = %e, "could not catch up with the region; serving what this box has");
+    }
     Ok((store, left))
 }
 

@@ -420,6 +420,13 @@ impl RaftStore {
         }
     }
 
+    /// Wait until this node has applied everything the region had committed when asked
+    /// (a linearizable read barrier): a box that just joined, or restarted behind the
+    /// others, serves only once it has caught up.
+    pub async fn catch_up(&self) -> Result<()> {
+        self.read_barrier(ReadMode::Linearizable).await
+    }
+
     async fn call_leader(&self, call: LeaderCall, timeout: Duration) -> Result<LeaderReply> {
         leader::call(self.node_id, &self.raft, &self.transport, call, timeout).await
     }
