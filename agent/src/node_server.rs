@@ -21,7 +21,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 use kith_api::error::ApiError;
@@ -231,11 +231,6 @@ impl NodeServer {
             .ok_or_else(|| {
                 ApiError::BadRequest(format!("missing or invalid {}", wire::EXEC_TARGET_HEADER))
             })?;
-        let (proto, accept) = exec::handshake(req.headers())?;
-        let on_upgrade = req
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
         // Every stream goes to the API server, which forwards what its client asked for.
         let q = ExecQuery {
             command: target.command.clone(),
@@ -245,35 +240,7 @@ impl NodeServer {
             stderr: true,
             tty: target.tty,
         };
-        let streams = self.exec.exec(target).await?;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(upgraded),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        None,
-                    )
-                    .await;
-                    exec::pump(ws, proto, streams, &q).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
-            }
-        });
-        let mut resp = Response::new(full(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(proto.as_str()),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
-        );
-        Ok(resp)
+        exec::accept_upgrade(&mut req, q, self.exec.exec(target)).await
     }
 }
 

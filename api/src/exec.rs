@@ -357,6 +357,59 @@ async fn read_input<S>(
     }
 }
 
+/// Takes over `req`'s connection for an exec session: checks the websocket handshake,
+/// answers `101 Switching Protocols`, and once hyper hands the connection over, runs
+/// [`pump`] with `streams` on it. `streams` is opened by `open` only after the handshake
+/// was found valid, so a bad request starts no process.
+pub async fn accept_upgrade<B, F>(
+    req: &mut http::Request<B>,
+    q: ExecQuery,
+    open: F,
+) -> Result<http::Response<crate::server::Body>, ApiError>
+where
+    F: Future<Output = Result<ExecStreams, ApiError>>,
+{
+    let (proto, accept) = handshake(req.headers())?;
+    let on_upgrade = req
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
+    let streams = open.await?;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                pump(ws, proto, streams, &q).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
+        }
+    });
+    use http::{header, HeaderValue};
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed();
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(proto.as_str()),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
 /// Runs one exec session over an accepted websocket until the process ends (then the exit
 /// Status is sent and the websocket closed) or the client goes away (then the streams are
 /// dropped, which stops the process).

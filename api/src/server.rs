@@ -200,40 +200,7 @@ impl<S: ObjectStore> ApiService<S> {
             ))
         })?;
         nodes.check(&target).await?;
-        let (proto, accept) = exec::handshake(req.headers())?;
-        let on_upgrade = req
-            .extensions_mut()
-            .remove::<hyper::upgrade::OnUpgrade>()
-            .ok_or_else(|| ApiError::BadRequest("this connection can not be upgraded".into()))?;
-        let streams = nodes.exec(target).await?;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                        hyper_util::rt::TokioIo::new(upgraded),
-                        tokio_tungstenite::tungstenite::protocol::Role::Server,
-                        None,
-                    )
-                    .await;
-                    exec::pump(ws, proto, streams, &q).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "exec upgrade failed"),
-            }
-        });
-        let mut resp = Response::new(full(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = resp.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(proto.as_str()),
-        );
-        h.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&accept).map_err(|e| ApiError::Internal(e.to_string()))?,
-        );
-        Ok(resp)
+        exec::accept_upgrade(&mut req, q, nodes.exec(target)).await
     }
 
     /// `GET pods/{name}/log`: the pod says which node and container; the node streams.

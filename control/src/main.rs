@@ -283,9 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cluster_cidr,
             pod_bridge,
         } => {
-            let cluster_cidr = cluster_cidr
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--cluster-cidr {cluster_cidr}: {e}"))?;
+            let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
             let agent = if no_agent {
                 None
             } else {
@@ -304,30 +302,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 // Refuse before anything is created, with the reason, not a backtrace.
                 up::preflight(&up::HostFacts::read())?;
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let cfg = UpConfig {
-                    data_dir,
-                    listen,
-                    watch_history,
-                    agent,
-                    cluster_cidr,
-                    region: None,
-                };
-                up::run(
-                    cfg,
-                    |kubeconfig, url| {
-                        println!("kith is up; the Kubernetes API serves at {url}");
-                        println!("  export KUBECONFIG={}", kubeconfig.display());
-                        println!("  kubectl get namespaces");
-                    },
-                    shutdown_signal(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
-            })
+            let cfg = UpConfig {
+                data_dir,
+                listen,
+                watch_history,
+                agent,
+                cluster_cidr,
+                region: None,
+            };
+            serve_until_signal(cfg, "kith is up", &["kubectl get namespaces"])
         }
         Command::Control {
             command: Some(command),
@@ -365,9 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             election_timeout_ms,
             snapshot_every,
         } => {
-            let cluster_cidr = cluster_cidr
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--cluster-cidr {cluster_cidr}: {e}"))?;
+            let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
             let peer_listen = peer_listen.context("--peer-listen is required")?;
             let join = join.map(|server| kith_control::region::Join {
                 server,
@@ -382,29 +363,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     snapshot_every,
                 },
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let cfg = UpConfig {
-                    data_dir,
-                    listen,
-                    watch_history,
-                    agent: None,
-                    cluster_cidr,
-                    region: Some(region),
-                };
-                up::run(
-                    cfg,
-                    |kubeconfig, url| {
-                        println!("kith control box is up; the Kubernetes API serves at {url}");
-                        println!("  export KUBECONFIG={}", kubeconfig.display());
-                    },
-                    shutdown_signal(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
-            })
+            let cfg = UpConfig {
+                data_dir,
+                listen,
+                watch_history,
+                agent: None,
+                cluster_cidr,
+                region: Some(region),
+            };
+            serve_until_signal(cfg, "kith control box is up", &[])
         }
         Command::Image {
             command: ImageCommand::Import { file, data_dir },
@@ -532,6 +499,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--cluster-cidr`, checked.
+fn parse_cluster_cidr(text: &str) -> anyhow::Result<kith_control::controllers::nodeipam::Cidr> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("--cluster-cidr {text}: {e}"))
+}
+
+/// Run a control box (`kith up`, `kith control`) until SIGTERM or SIGINT; once it serves,
+/// say so (`greeting`), where its kubeconfig is, and what to try next (`hints`).
+fn serve_until_signal(cfg: UpConfig, greeting: &str, hints: &[&str]) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(up::run(
+        cfg,
+        |kubeconfig, url| {
+            println!("{greeting}; the Kubernetes API serves at {url}");
+            println!("  export KUBECONFIG={}", kubeconfig.display());
+            for hint in hints {
+                println!("  {hint}");
+            }
+        },
+        shutdown_signal(),
+    ))
+    .map_err(anyhow::Error::from)
 }
 
 /// The Node name: as given, else the hostname in lower case.

@@ -206,7 +206,8 @@ pub async fn run(
     // A box that leads from the start (always so for one box) has the system namespaces
     // and the kubernetes Service before it says it is up; later leaders make sure of them
     // when they take over (`leader_duties`).
-    if store.leader() == Some(store.node_id()) {
+    let bootstrapped = store.leader() == Some(store.node_id());
+    if bootstrapped {
         bootstrap_objects(&api, &service_objects).await?;
     }
     let auth = Authenticator::new(pki.tokens());
@@ -241,6 +242,7 @@ pub async fn run(
         api.clone(),
         cfg.cluster_cidr,
         service_objects,
+        bootstrapped,
     ));
     let mut agent_task = None;
     if let (Some(agent), Some(stats)) = (cfg.agent.clone(), stats.clone()) {
@@ -304,7 +306,9 @@ async fn bootstrap_objects(
         .map_err(UpError::KubernetesService)
 }
 
-/// What only the leader does: controllers, the scheduler, keeping the system objects.
+/// What only the leader does: controllers, the scheduler, keeping the system objects
+/// (made here at each new leadership, except the first when `bootstrapped` says start-up
+/// made them already).
 /// Raft's leadership is their leader election: they start when this box becomes leader
 /// and stop when it is not any more, so two boxes never run them at once for long (a
 /// deposed leader's writes are refused by the new one's log anyway).
@@ -314,6 +318,7 @@ async fn leader_duties(
     api: Arc<Api<Arc<RaftStore>>>,
     cluster_cidr: controllers::nodeipam::Cidr,
     service_objects: Vec<(&'static str, &'static str, Value)>,
+    mut bootstrapped: bool,
 ) {
     let me = store.node_id();
     let mut rx = store.raft().metrics();
@@ -326,8 +331,11 @@ async fn leader_duties(
         match (leading, running.is_some()) {
             (true, false) => {
                 tracing::info!(node = me, "leading: starting controllers and the scheduler");
-                if let Err(e) = bootstrap_objects(&api, &service_objects).await {
-                    tracing::warn!(error = %e, "making sure of the system objects");
+                // Done at start-up already when this box led from the start.
+                if !std::mem::take(&mut bootstrapped) {
+                    if let Err(e) = bootstrap_objects(&api, &service_objects).await {
+                        tracing::warn!(error = %e, "making sure of the system objects");
+                    }
                 }
                 let mut set = controllers::spawn_all(client.clone(), api.clone(), cluster_cidr);
                 set.spawn(keep_kubernetes_service(

@@ -33,7 +33,6 @@ use tokio::sync::Notify;
 use crate::pki::peer::{has_credentials, install_region_bundle};
 use crate::pki::{Pki, PkiError};
 use crate::store::leader::{LeaderCall, LeaderReply};
-use crate::store::network::TransportError;
 use crate::store::{NodeId, RaftStore, StoreConfig, StoreOpenError};
 use transport::{serve_peers, HttpsTransport};
 
@@ -306,9 +305,6 @@ async fn add_self(
             Ok(LeaderReply::Changed { .. }) => return Ok(()),
             Ok(LeaderReply::Failed(e)) => e.to_string(),
             Ok(other) => format!("unexpected answer {other:?}"),
-            Err(e @ (TransportError::Unreachable { .. } | TransportError::Lost { .. })) => {
-                e.to_string()
-            }
             Err(e) => e.to_string(),
         };
         if tokio::time::Instant::now() > deadline {

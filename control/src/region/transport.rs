@@ -203,24 +203,6 @@ impl Connections {
         }
         Ok(bytes)
     }
-
-    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        target: NodeId,
-        addr: &str,
-        path: &str,
-        req: &Req,
-    ) -> Result<Result<Resp, Fatal<NodeId>>, TransportError> {
-        let body = serde_json::to_vec(req).map_err(|e| TransportError::Unreachable {
-            target,
-            reason: format!("encoding {path}: {e}"),
-        })?;
-        let bytes = self.post(target, addr, path, body.into()).await?;
-        serde_json::from_slice(&bytes).map_err(|e| TransportError::Lost {
-            target,
-            reason: format!("{addr}{path}: undecodable answer: {e}"),
-        })
-    }
 }
 
 /// The host of `host:port` (`[v6]:port` too), for the TLS server name.
@@ -282,13 +264,9 @@ impl RaftTransport for HttpsTransport {
                     reason: format!("encoding a snapshot: {e}"),
                 }
             })?;
-            let bytes = this.post(target, &addr, "/raft/snapshot", body).await?;
-            let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = serde_json::from_slice(&bytes)
-                .map_err(|e| TransportError::Lost {
-                    target,
-                    reason: format!("undecodable snapshot answer: {e}"),
-                })?;
-            answered(target, r)
+            let path = "/raft/snapshot";
+            let bytes = this.post(target, &addr, path, body).await?;
+            answered(target, decode(target, &addr, path, &bytes)?)
         })
     }
 
@@ -300,13 +278,13 @@ impl RaftTransport for HttpsTransport {
     ) -> BoxFuture<Result<LeaderReply, TransportError>> {
         let this = self.inner.clone();
         let addr = node.addr.clone();
-        Box::pin(async move { this.rpc_plain(target, &addr, "/raft/leader", &call).await })
+        Box::pin(async move { this.rpc(target, &addr, "/raft/leader", &call).await })
     }
 }
 
 impl Connections {
-    /// A call whose answer is a plain value, not a Raft result.
-    async fn rpc_plain<Req: Serialize, Resp: DeserializeOwned>(
+    /// POST `req` as JSON to `path` on the peer at `addr`; its JSON answer.
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -318,17 +296,28 @@ impl Connections {
             reason: format!("encoding {path}: {e}"),
         })?;
         let bytes = self.post(target, addr, path, body.into()).await?;
-        serde_json::from_slice(&bytes).map_err(|e| TransportError::Lost {
-            target,
-            reason: format!("{addr}{path}: undecodable answer: {e}"),
-        })
+        decode(target, addr, path, &bytes)
     }
+}
+
+/// A peer's JSON answer; one that does not decode is a lost answer (the peer may have
+/// acted on the message).
+fn decode<Resp: DeserializeOwned>(
+    target: NodeId,
+    addr: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<Resp, TransportError> {
+    serde_json::from_slice(bytes).map_err(|e| TransportError::Lost {
+        target,
+        reason: format!("{addr}{path}: undecodable answer: {e}"),
+    })
 }
 
 impl HttpsTransport {
     /// The membership as the box whose Raft port is `addr` sees it.
     pub async fn members(&self, addr: &str) -> Result<Members, TransportError> {
-        self.inner.rpc_plain(0, addr, "/raft/members", &()).await
+        self.inner.rpc(0, addr, "/raft/members", &()).await
     }
 
     /// Ask the box whose Raft port is `addr` to make a membership change (it takes it to
@@ -338,7 +327,7 @@ impl HttpsTransport {
         addr: &str,
         call: &LeaderCall,
     ) -> Result<LeaderReply, TransportError> {
-        self.inner.rpc_plain(0, addr, "/raft/member", call).await
+        self.inner.rpc(0, addr, "/raft/member", call).await
     }
 }
 

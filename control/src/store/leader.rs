@@ -114,29 +114,33 @@ pub fn refuse_forwarded(raft: &KithRaft, me: NodeId, expires_ms: u64) -> Option<
             leader_addr: known.map(|(_, n)| n.addr),
         });
     }
-    if unix_ms() > expires_ms {
-        return Some(LeaderReply::Failed(StoreError::Unavailable(
+    expired(expires_ms)
+}
+
+/// The refusal of writes whose deadline (`expires_ms`) has passed, if it has.
+fn expired(expires_ms: u64) -> Option<LeaderReply> {
+    (unix_ms() > expires_ms).then(|| {
+        LeaderReply::Failed(StoreError::Unavailable(
             "the write reached the leader after its deadline; not applied".into(),
-        )));
-    }
-    None
+        ))
+    })
 }
 
 /// Answer `call` with this node's Raft (the receiving side of [`RaftTransport::leader`]).
 pub async fn serve(raft: &KithRaft, call: LeaderCall) -> LeaderReply {
     match call {
-        LeaderCall::Write { expires_ms, .. } if unix_ms() > expires_ms => {
-            LeaderReply::Failed(StoreError::Unavailable(
-                "the write reached the leader after its deadline; not applied".into(),
-            ))
+        LeaderCall::Write { ops, expires_ms } => {
+            if let Some(refused) = expired(expires_ms) {
+                return refused;
+            }
+            match raft.client_write(ops).await {
+                Ok(resp) => LeaderReply::Written {
+                    index: resp.log_id.index,
+                    results: resp.data,
+                },
+                Err(e) => write_refused(e),
+            }
         }
-        LeaderCall::Write { ops, .. } => match raft.client_write(ops).await {
-            Ok(resp) => LeaderReply::Written {
-                index: resp.log_id.index,
-                results: resp.data,
-            },
-            Err(e) => write_refused(e),
-        },
         LeaderCall::ReadIndex => match raft.ensure_linearizable().await {
             Ok(log_id) => LeaderReply::ReadIndex(log_id.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
