@@ -13,8 +13,10 @@
 //!                                                      control box of the region needs
 //! ```
 //! The two new fields are optional both ways: an old agent gets what it always got.
-//! The control plane implements [`Joiner`] (it owns the CA and the token list).
+//! The control plane implements [`Joiner`] (it owns the CA, and reads the join tokens
+//! from the store, where every box of a region sees the same ones).
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -59,19 +61,21 @@ pub fn node_user(name: &str) -> String {
     format!("system:node:{name}")
 }
 
-/// Issues node credentials to holders of a valid join token.
+/// Issues node credentials to holders of a valid join token. Checking a token reads the
+/// store, hence the futures.
 pub trait Joiner: Send + Sync + 'static {
     /// The cluster CA certificate, PEM.
     fn ca_pem(&self) -> String;
     /// Credentials for `req.node_name` if `token` is a live join token; `Unauthorized`
     /// otherwise.
-    fn join(&self, token: &str, req: &JoinRequest) -> Result<JoinReply, ApiError>;
+    fn join<'a>(
+        &'a self,
+        token: &'a str,
+        req: &'a JoinRequest,
+    ) -> BoxFuture<'a, Result<JoinReply, ApiError>>;
     /// The region's shared credentials for a new control box if `token` is a live join
     /// token; `NoRoute` where control boxes cannot join (a one-box `kith up`).
-    fn join_control(&self, token: &str) -> Result<RegionBundle, ApiError> {
-        let _ = token;
-        Err(ApiError::NoRoute)
-    }
+    fn join_control<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<RegionBundle, ApiError>>;
 }
 
 /// What a control box joining a region receives (PEM and file texts).
@@ -82,8 +86,6 @@ pub struct RegionBundle {
     pub ca_key: String,
     /// The bearer tokens file (admin and metrics tokens are the region's, not a box's).
     pub tokens: String,
-    /// The join tokens file, so tokens made before the join keep working on the new box.
-    pub join_tokens: String,
     /// The Raft port of the box that answered: the new box asks it to be added.
     pub peer_addr: String,
 }

@@ -114,19 +114,27 @@ impl<S: ObjectStore> ApiService<S> {
         let joiner = self.joiner.get()?.clone();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/cacerts") => Some(Ok(text(StatusCode::OK, joiner.ca_pem()))),
-            (&Method::POST, JOIN_CONTROL_PATH) => Some((|| {
-                let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
-                let bundle = joiner.join_control(&token)?;
-                let value =
-                    serde_json::to_value(bundle).map_err(|e| ApiError::Internal(e.to_string()))?;
-                Ok(json_response(StatusCode::OK, &value, &[]))
-            })()),
+            (&Method::POST, JOIN_CONTROL_PATH) => {
+                // Taken before awaiting: the request (its body) is not `Sync`, so the
+                // future must not borrow it.
+                let token = bearer(&req);
+                Some(
+                    async move {
+                        let token = token.ok_or(ApiError::Unauthorized)?;
+                        let bundle = joiner.join_control(&token).await?;
+                        let value = serde_json::to_value(bundle)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?;
+                        Ok(json_response(StatusCode::OK, &value, &[]))
+                    }
+                    .await,
+                )
+            }
             (&Method::POST, "/kith/v1/join") => Some(
                 async {
                     let token = bearer(&req).ok_or(ApiError::Unauthorized)?;
                     let body = read_body(req).await?;
                     let join = crate::join::parse_request(&body)?;
-                    let reply = joiner.join(&token, &join)?;
+                    let reply = joiner.join(&token, &join).await?;
                     let value = serde_json::to_value(reply)
                         .map_err(|e| ApiError::Internal(e.to_string()))?;
                     Ok(json_response(StatusCode::OK, &value, &[]))

@@ -161,7 +161,8 @@ enum ControlCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a join token and print it.
+    /// Create a join token and print it. The box on --data-dir must be running: tokens are
+    /// kept in the cluster's store (kube-system/bootstrap-token-<id>), valid on every box.
     Create {
         #[arg(long, default_value = "/var/lib/kith")]
         data_dir: PathBuf,
@@ -493,8 +494,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: TokenCommand::Create { data_dir, ttl, .. },
         } => {
             let ttl = kith_control::pki::parse_ttl(&ttl).context("--ttl")?;
-            let token = kith_control::pki::create_join_token_in(&data_dir, ttl)
-                .with_context(|| format!("creating a join token in {}", data_dir.display()))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let token = rt
+                .block_on(kith_control::pki::create_join_token_in(&data_dir, ttl))
+                .with_context(|| format!("creating a join token for {}", data_dir.display()))?;
             println!("{token}");
             Ok(())
         }

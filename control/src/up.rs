@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::controllers::{self, clusterip};
-use crate::pki::{Pki, PkiError};
-use crate::region::{self, RegionConfig, RegionError, RegionJoiner};
+use crate::pki::{BoxJoiner, Pki, PkiError};
+use crate::region::{self, RegionConfig, RegionError};
 use crate::store::{RaftStore, StoreConfig, StoreOpenError};
 
 /// Namespaces every cluster starts with.
@@ -226,10 +226,11 @@ pub async fn run(
     let server = tokio::spawn(serve(listener, tls, service.clone(), async {
         let _ = stop_rx.await;
     }));
-    match &membership {
-        Some(m) => service.set_joiner(Arc::new(RegionJoiner::new(pki.clone(), &m.peer_addr))),
-        None => service.set_joiner(pki.clone()),
-    }
+    service.set_joiner(Arc::new(BoxJoiner::new(
+        pki.clone(),
+        client.clone(),
+        membership.as_ref().map(|m| m.peer_addr.as_str()),
+    )));
     let local = cfg.agent.as_ref().zip(stats.clone());
     let local = local.map(|(agent, stats)| agent.local_parts(stats));
     let nodes = crate::pki::remote_nodes(&pki, client.clone(), local)?;
@@ -342,6 +343,7 @@ async fn leader_duties(
                     api.clone(),
                     service_objects.clone(),
                 ));
+                set.spawn(crate::pki::join::clean_forever(client.clone()));
                 running = Some(set);
             }
             (false, true) => {

@@ -1,6 +1,6 @@
 //! What the PKI leaves on disk and how a restart treats it: same CA and tokens, private
 //! modes, re-issue of a serving certificate that no longer fits, a kubeconfig that parses,
-//! join tokens that a second process can mint.
+//! join tokens kept in the store (and what the joiner does with them).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use kith_control::pki::{create_join_token_in, JoinToken, Pki, PkiError};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kith_api::error::ApiError;
+use kith_control::pki::{create_join_token_in, BoxJoiner, JoinToken, Pki, PkiError};
+use kube::api::PostParams;
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -184,38 +187,150 @@ fn kubeconfig_has_the_expected_shape() {
     );
 }
 
-#[test]
-fn join_tokens_pin_the_ca_and_expire() {
+/// A cluster's API in process (memory store) with `kube-system`, and a client of the system.
+async fn api_with_kube_system() -> kube::Client {
+    use kith_api::auth::{Authenticator, User, MASTERS_GROUP};
+    use kith_api::handler::Api;
+    use kith_api::server::ApiService;
+    use kith_api::store::memory::MemoryStore;
+    let svc = ApiService::new(
+        std::sync::Arc::new(Api::new(MemoryStore::default())),
+        Authenticator::new([]),
+    );
+    let client = kith_control::client::in_process(svc, User::new("system:kith", [MASTERS_GROUP]));
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-system"}
+    }))
+    .unwrap();
+    kube::Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    client
+}
+
+#[tokio::test]
+async fn join_tokens_live_in_the_store_pin_the_ca_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     assert!(matches!(
-        create_join_token_in(dir.path(), Duration::from_secs(60)),
+        create_join_token_in(dir.path(), Duration::from_secs(60)).await,
         Err(PkiError::NotInitialized(_))
     ));
     let pki = Pki::load_or_create(dir.path(), &[]).unwrap();
-    let now = jiff::Timestamp::now();
+    // Credentials but no running box (no kubeconfig yet): a clear error, no token.
+    let err = create_join_token_in(dir.path(), Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("kubeconfig"), "{err}");
 
-    let token = pki.create_join_token(Duration::from_secs(3600)).unwrap();
+    let client = api_with_kube_system().await;
+    let now = jiff::Timestamp::now();
+    let token = pki
+        .create_join_token(&client, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert!(token.starts_with("K10"));
-    assert!(JoinToken::parse(&token).unwrap().pins_ca(pki.ca_der()));
-    pki.validate_join_token(&token, now).unwrap();
+    let parsed = JoinToken::parse(&token).unwrap();
+    assert!(parsed.pins_ca(pki.ca_der()));
+    pki.validate_join_token(&client, &token, now).await.unwrap();
     let late = now + jiff::SignedDuration::from_hours(2);
     assert!(matches!(
-        pki.validate_join_token(&token, late),
+        pki.validate_join_token(&client, &token, late).await,
         Err(PkiError::JoinTokenExpired(_))
     ));
 
-    // What `kith token create` does, as another process would, seen by the running Pki.
-    let cli =
-        create_join_token_in(dir.path(), kith_control::pki::parse_ttl("24h").unwrap()).unwrap();
-    pki.validate_join_token(&cli, late).unwrap();
-    assert_eq!(mode(&dir.path().join("pki/join-tokens.json")), 0o600);
+    // Stored as kubeadm stores bootstrap tokens, without the secret itself.
+    let secrets = kube::Api::<Secret>::namespaced(client.clone(), "kube-system");
+    let name = format!("bootstrap-token-{}", parsed.id);
+    let stored = secrets.get(&name).await.unwrap();
+    assert_eq!(
+        stored.type_.as_deref(),
+        Some("bootstrap.kubernetes.io/token")
+    );
+    let json = serde_json::to_string(&stored).unwrap();
+    assert!(!json.contains(&STANDARD.encode(&parsed.secret)), "{json}");
 
-    // A token of another cluster is refused before its secret is even looked at.
+    // A wrong secret for a real id, and a token of another cluster, are refused.
+    let mut wrong = parsed.clone();
+    wrong.secret = "aaaaaaaaaaaaaaaa".into();
+    assert!(matches!(
+        pki.validate_join_token(&client, &wrong.to_string(), now)
+            .await,
+        Err(PkiError::JoinTokenUnknown)
+    ));
     let other_dir = tempfile::tempdir().unwrap();
     let other = Pki::load_or_create(other_dir.path(), &[]).unwrap();
-    let foreign = other.create_join_token(Duration::from_secs(3600)).unwrap();
+    let foreign = other
+        .create_join_token(&client, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert!(matches!(
-        pki.validate_join_token(&foreign, now),
+        pki.validate_join_token(&client, &foreign, now).await,
         Err(PkiError::JoinTokenWrongCluster)
     ));
+
+    // Deleting the Secret revokes the token.
+    secrets.delete(&name, &Default::default()).await.unwrap();
+    assert!(matches!(
+        pki.validate_join_token(&client, &token, now).await,
+        Err(PkiError::JoinTokenUnknown)
+    ));
+}
+
+#[tokio::test]
+async fn the_joiner_admits_live_tokens_only_and_the_cleaner_drops_expired_ones() {
+    use kith_api::join::{JoinRequest, Joiner};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = std::sync::Arc::new(Pki::load_or_create(dir.path(), &[]).unwrap());
+    let client = api_with_kube_system().await;
+    let token = pki
+        .create_join_token(&client, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let req = JoinRequest {
+        node_name: "n1".into(),
+        addresses: vec![],
+    };
+    let one_box = BoxJoiner::new(pki.clone(), client.clone(), None);
+    let reply = one_box.join(&token, &req).await.unwrap();
+    assert!(reply.cert.contains("BEGIN CERTIFICATE"));
+    assert!(matches!(
+        one_box.join("K10nonsense", &req).await,
+        Err(ApiError::Unauthorized)
+    ));
+    // A one-box cluster has no region to join.
+    assert!(matches!(
+        one_box.join_control(&token).await,
+        Err(ApiError::NoRoute)
+    ));
+    let region_box = BoxJoiner::new(pki.clone(), client.clone(), Some("10.0.0.1:7443"));
+    let bundle = region_box.join_control(&token).await.unwrap();
+    assert_eq!(bundle.peer_addr, "10.0.0.1:7443");
+    assert!(matches!(
+        region_box.join_control("K10nonsense").await,
+        Err(ApiError::Unauthorized)
+    ));
+
+    // Expired tokens go; live ones and other Secrets stay.
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
+    let short = pki
+        .create_join_token(&client, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        kith_control::pki::join::clean_expired(
+            &client,
+            later - jiff::SignedDuration::from_mins(90)
+        )
+        .await
+        .unwrap(),
+        1,
+        "only the 60 s token had expired"
+    );
+    assert!(matches!(
+        pki.validate_join_token(&client, &short, jiff::Timestamp::now())
+            .await,
+        Err(PkiError::JoinTokenUnknown)
+    ));
+    one_box.join(&token, &req).await.unwrap();
 }

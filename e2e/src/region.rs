@@ -95,6 +95,13 @@ impl Region {
     pub async fn found(&mut self, host: &str) -> Result<()> {
         let args = self.args(host, None)?;
         self.start(host, args).await?;
+        self.token = Some(self.create_token(host)?);
+        Ok(())
+    }
+
+    /// `kith token create` on the (running) box of `host`: a new join token, valid on
+    /// every box of the region.
+    pub fn create_token(&self, host: &str) -> Result<String> {
         let out = std::process::Command::new(kith_bin())
             .args(["token", "create", "--data-dir"])
             .arg(self.data_dir(host)?)
@@ -106,8 +113,7 @@ impl Region {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        self.token = Some(String::from_utf8(out.stdout)?.trim().to_string());
-        Ok(())
+        Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
 
     /// The region's join token (for boxes and agents).
@@ -118,9 +124,14 @@ impl Region {
     /// Start a box on `host` that joins through the box on `through`; returns once it
     /// serves (it is a voter by then).
     pub async fn join(&mut self, host: &str, through: &str) -> Result<()> {
-        let token = self.token.clone().context("found the region first")?;
+        let token = self.token()?;
+        self.join_with(host, through, &token).await
+    }
+
+    /// [`Region::join`] with a given join token.
+    pub async fn join_with(&mut self, host: &str, through: &str, token: &str) -> Result<()> {
         let server = self.url(through)?;
-        let args = self.args(host, Some((&server, &token)))?;
+        let args = self.args(host, Some((&server, token)))?;
         self.start(host, args).await
     }
 

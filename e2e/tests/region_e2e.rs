@@ -10,8 +10,8 @@
 //!   restarts and catches up;
 //! - a box cut off from the other two refuses writes with a 503 naming the cause, while the
 //!   majority keeps working; healed, it converges;
-//! - a 4th and 5th box join while a writer keeps writing; one leaves; nothing acknowledged
-//!   is lost on any box;
+//! - a 4th and 5th box join while a writer keeps writing (the 4th with a join token made
+//!   on another box); one leaves; nothing acknowledged is lost on any box;
 //! - a box that lost its disk comes back as a new member; the old one is removed by id.
 
 use std::collections::BTreeSet;
@@ -353,7 +353,9 @@ async fn run(
             (acked, failed)
         })
     };
-    region.join("c4", &old_leader).await?;
+    // A token made on one box is good on another: tokens live in the replicated store.
+    let token = region.create_token(&cut)?;
+    region.join_with("c4", &old_leader, &token).await?;
     region.join("c5", &cut).await?;
     stop.store(true, Ordering::Relaxed);
     let (acked, failed) = writer.await?;

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use jiff::{SignedDuration, Timestamp};
 use kith_api::auth::{User, MASTERS_GROUP};
 use rcgen::{
@@ -128,6 +129,8 @@ pub enum PkiError {
     JoinTokenUnknown,
     #[error("join token expired at {0}")]
     JoinTokenExpired(Timestamp),
+    #[error("join tokens: {0}")]
+    TokenStore(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -327,14 +330,25 @@ impl Pki {
         write_atomic(path, text.as_bytes(), PRIVATE)
     }
 
-    /// A new join token valid for `ttl`: `K10<ca sha256>::<id>.<secret>`.
-    pub fn create_join_token(&self, ttl: Duration) -> Result<String, PkiError> {
-        join::create(&self.dir, &self.ca_der, ttl, Timestamp::now())
+    /// A new join token valid for `ttl` (`K10<ca sha256>::<id>.<secret>`), stored through
+    /// `client`.
+    pub async fn create_join_token(
+        &self,
+        client: &kube::Client,
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
+        join::create(client, &self.ca_der, ttl, Timestamp::now()).await
     }
 
-    /// `Ok` when `token` is a live join token of this cluster at `now`.
-    pub fn validate_join_token(&self, token: &str, now: Timestamp) -> Result<(), PkiError> {
-        join::validate(&self.dir, &self.ca_der, token, now)
+    /// `Ok` when `token` is a live join token of this cluster at `now`, as the store read
+    /// through `client` says.
+    pub async fn validate_join_token(
+        &self,
+        client: &kube::Client,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(), PkiError> {
+        join::validate(client, &self.ca_der, token, now).await
     }
 }
 
@@ -591,32 +605,86 @@ fn tighten(path: &Path) -> Result<(), PkiError> {
 /// How long a node certificate issued at join is valid.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Boxes join with a join token and get a node client certificate (see
-/// [`kith_api::join`]). A token that is malformed, unknown, expired or of another cluster
-/// gets 401 and nothing else.
-impl kith_api::join::Joiner for Pki {
-    fn ca_pem(&self) -> String {
-        Pki::ca_pem(self).to_string()
+/// The join endpoints of a control box (see [`kith_api::join`]): agents get a node client
+/// certificate; new control boxes get the region bundle, where this box has a peer port.
+/// A token that is malformed, unknown, expired or of another cluster gets 401 and nothing
+/// else; when the store cannot be read (a box cut off from its region) the joiner gets 503.
+pub struct BoxJoiner {
+    pki: Arc<Pki>,
+    /// Reads the token Secrets (in-process, as the system).
+    client: kube::Client,
+    /// This box's Raft port; `None` on a one-box `kith up`, which control boxes cannot join.
+    peer_addr: Option<String>,
+}
+
+impl BoxJoiner {
+    pub fn new(pki: Arc<Pki>, client: kube::Client, peer_addr: Option<&str>) -> Self {
+        BoxJoiner {
+            pki,
+            client,
+            peer_addr: peer_addr.map(str::to_string),
+        }
     }
 
-    fn join(
-        &self,
-        token: &str,
-        req: &kith_api::join::JoinRequest,
-    ) -> Result<kith_api::join::JoinReply, kith_api::error::ApiError> {
-        if let Err(e) = self.validate_join_token(token, Timestamp::now()) {
-            tracing::info!(node = %req.node_name, error = %e, "join refused");
-            return Err(kith_api::error::ApiError::Unauthorized);
+    async fn admit(&self, token: &str, who: &str) -> Result<(), kith_api::error::ApiError> {
+        match self
+            .pki
+            .validate_join_token(&self.client, token, Timestamp::now())
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(PkiError::TokenStore(why)) => {
+                tracing::warn!(who, %why, "join tokens could not be read");
+                Err(kith_api::error::ApiError::Unavailable(format!(
+                    "join tokens could not be read: {why}"
+                )))
+            }
+            Err(e) => {
+                tracing::info!(who, error = %e, "join refused");
+                Err(kith_api::error::ApiError::Unauthorized)
+            }
         }
-        let issued = self
-            .issue_client_cert(
-                &kith_api::join::node_user(&req.node_name),
-                Some(kith_api::join::NODES_GROUP),
-                NODE_CERT_VALIDITY,
-            )
-            .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))?;
-        tracing::info!(node = %req.node_name, "node joined");
-        kubelet::join_reply(self, req, issued)
-            .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))
+    }
+}
+
+impl kith_api::join::Joiner for BoxJoiner {
+    fn ca_pem(&self) -> String {
+        self.pki.ca_pem().to_string()
+    }
+
+    fn join<'a>(
+        &'a self,
+        token: &'a str,
+        req: &'a kith_api::join::JoinRequest,
+    ) -> BoxFuture<'a, Result<kith_api::join::JoinReply, kith_api::error::ApiError>> {
+        Box::pin(async move {
+            self.admit(token, &req.node_name).await?;
+            let internal = |e: PkiError| kith_api::error::ApiError::Internal(e.to_string());
+            let issued = self
+                .pki
+                .issue_client_cert(
+                    &kith_api::join::node_user(&req.node_name),
+                    Some(kith_api::join::NODES_GROUP),
+                    NODE_CERT_VALIDITY,
+                )
+                .map_err(internal)?;
+            tracing::info!(node = %req.node_name, "node joined");
+            kubelet::join_reply(&self.pki, req, issued).map_err(internal)
+        })
+    }
+
+    fn join_control<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<kith_api::join::RegionBundle, kith_api::error::ApiError>> {
+        Box::pin(async move {
+            let Some(peer_addr) = &self.peer_addr else {
+                return Err(kith_api::error::ApiError::NoRoute);
+            };
+            self.admit(token, "a control box").await?;
+            self.pki
+                .region_bundle(peer_addr)
+                .map_err(|e| kith_api::error::ApiError::Internal(e.to_string()))
+        })
     }
 }

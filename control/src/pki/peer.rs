@@ -22,7 +22,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::files::{ensure_private_dir, read_optional, write_atomic, PRIVATE, PUBLIC};
-use super::join::TOKENS_FILE as JOIN_TOKENS_FILE;
 use super::{
     cert_der_from_pem, client_verifier, issue, provider, roots, CertAndKey, Pki, PkiError, CA_CERT,
     CA_KEY, LEAF_VALIDITY, PKI_DIR, TOKENS_FILE,
@@ -84,11 +83,10 @@ impl Pki {
         issue(&self.ca, params, jiff::Timestamp::now(), LEAF_VALIDITY)
     }
 
-    /// The region's shared secrets for a new control box, if `token` is a live join token
-    /// (else the token's error). `peer_addr` is where this box's Raft port listens (the new
-    /// box asks it to be added).
-    pub fn region_bundle(&self, token: &str, peer_addr: &str) -> Result<RegionBundle, PkiError> {
-        self.validate_join_token(token, jiff::Timestamp::now())?;
+    /// The region's shared secrets for a new control box (whose join token the caller has
+    /// checked). `peer_addr` is where this box's Raft port listens (the new box asks it to
+    /// be added). Join tokens are not in it: they live in the replicated store.
+    pub fn region_bundle(&self, peer_addr: &str) -> Result<RegionBundle, PkiError> {
         let read = |name: &str| -> Result<String, PkiError> {
             read_optional(&self.dir.join(name)).map(Option::unwrap_or_default)
         };
@@ -97,7 +95,6 @@ impl Pki {
             ca_cert: self.ca_pem.clone(),
             ca_key: read(CA_KEY)?,
             tokens: read(TOKENS_FILE)?,
-            join_tokens: read(JOIN_TOKENS_FILE)?,
             peer_addr: peer_addr.to_string(),
         })
     }
@@ -142,34 +139,18 @@ pub fn install_region_bundle(
     }
     write_atomic(&dir.join(CA_KEY), bundle.ca_key.as_bytes(), PRIVATE)?;
     write_atomic(&dir.join(TOKENS_FILE), bundle.tokens.as_bytes(), PRIVATE)?;
-    if !bundle.join_tokens.is_empty() {
-        write_atomic(
-            &dir.join(JOIN_TOKENS_FILE),
-            bundle.join_tokens.as_bytes(),
-            PRIVATE,
-        )?;
-    }
     write_atomic(&dir.join(CA_CERT), bundle.ca_cert.as_bytes(), PUBLIC)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
     fn a_joined_box_shares_the_ca_and_tokens_and_its_peer_cert_is_recognised() {
         let first = tempfile::TempDir::new().expect("tmp");
         let pki = Pki::load_or_create(first.path(), &[]).expect("pki");
-        let token = pki
-            .create_join_token(Duration::from_secs(60))
-            .expect("token");
-        assert!(matches!(
-            pki.region_bundle("K10bad::x.y", "10.0.0.1:7443"),
-            Err(PkiError::JoinTokenMalformed)
-        ));
-        let bundle = pki.region_bundle(&token, "10.0.0.1:7443").expect("bundle");
+        let bundle = pki.region_bundle("10.0.0.1:7443").expect("bundle");
         assert_eq!(bundle.peer_addr, "10.0.0.1:7443");
 
         let second = tempfile::TempDir::new().expect("tmp");
@@ -179,10 +160,6 @@ mod tests {
         let joined = Pki::load_or_create(second.path(), &["10.0.0.2".into()]).expect("pki 2");
         assert_eq!(joined.ca_pem(), pki.ca_pem(), "one CA for the region");
         assert_eq!(joined.admin_token(), pki.admin_token(), "one admin token");
-        // The token made on the first box is still good on the second.
-        joined
-            .validate_join_token(&token, jiff::Timestamp::now())
-            .expect("token travels with the bundle");
 
         let pair = joined
             .issue_peer_cert(7, &["10.0.0.2".into()])
@@ -203,10 +180,7 @@ mod tests {
         let b = tempfile::TempDir::new().expect("tmp");
         let pa = Pki::load_or_create(a.path(), &[]).expect("pki a");
         let pb = Pki::load_or_create(b.path(), &[]).expect("pki b");
-        let token = pa
-            .create_join_token(Duration::from_secs(60))
-            .expect("token");
-        let mut bundle = pa.region_bundle(&token, "x:1").expect("bundle");
+        let mut bundle = pa.region_bundle("x:1").expect("bundle");
         bundle.ca_key = std::fs::read_to_string(b.path().join("pki/ca.key")).expect("key b");
         let c = tempfile::TempDir::new().expect("tmp");
         assert!(matches!(

@@ -407,51 +407,6 @@ async fn not_in_membership(store: Arc<RaftStore>) {
     }
 }
 
-/// The join endpoints of a region box: agents join as with `kith up`; control boxes get
-/// the region bundle naming this box's Raft port.
-pub struct RegionJoiner {
-    pki: Arc<Pki>,
-    peer_addr: String,
-}
-
-impl RegionJoiner {
-    pub fn new(pki: Arc<Pki>, peer_addr: &str) -> Self {
-        RegionJoiner {
-            pki,
-            peer_addr: peer_addr.to_string(),
-        }
-    }
-}
-
-impl kith_api::join::Joiner for RegionJoiner {
-    fn ca_pem(&self) -> String {
-        self.pki.ca_pem().to_string()
-    }
-
-    fn join(
-        &self,
-        token: &str,
-        req: &kith_api::join::JoinRequest,
-    ) -> Result<kith_api::join::JoinReply, kith_api::error::ApiError> {
-        kith_api::join::Joiner::join(&*self.pki, token, req)
-    }
-
-    fn join_control(&self, token: &str) -> Result<RegionBundle, kith_api::error::ApiError> {
-        self.pki
-            .region_bundle(token, &self.peer_addr)
-            .map_err(|e| match e {
-                PkiError::JoinTokenMalformed
-                | PkiError::JoinTokenWrongCluster
-                | PkiError::JoinTokenUnknown
-                | PkiError::JoinTokenExpired(_) => {
-                    tracing::info!(error = %e, "control box join refused");
-                    kith_api::error::ApiError::Unauthorized
-                }
-                e => kith_api::error::ApiError::Internal(e.to_string()),
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
