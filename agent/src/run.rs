@@ -6,6 +6,7 @@
 //!  read_node ─► node_object ─► register ─► wait for spec.podCIDR
 //!        ├─ heartbeat_loop (Lease, conditions)
 //!        ├─ stats::Stats::run (samples containers and the box; meter) + pod start latency
+//!        ├─ image GC when the image filesystem is over its high threshold (image::gc)
 //!        └─ sync::Agent::run (RegistryImageStore, LibcontainerRuntime, BridgeNetwork)
 //! ```
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 
+use crate::image::gc::{self, GcPolicy, Statvfs};
 use crate::image::RegistryImageStore;
 use crate::network::PodNetwork;
 use crate::network::{BridgeConfig, BridgeNetwork, Ipv4Net};
@@ -60,6 +62,8 @@ pub struct AgentOptions {
     /// The port the API server reaches this node at (`kith agent --node-port`; recorded
     /// in the Node's `status.daemonEndpoints.kubeletEndpoint.port`).
     pub node_port: u16,
+    /// When unused images are removed to free disk (`--image-gc-high-threshold`, ...).
+    pub image_gc: GcPolicy,
 }
 
 impl AgentOptions {
@@ -150,6 +154,14 @@ pub async fn run(
         &opts.data_dir.join("images"),
         opts.insecure_registries.clone(),
     )?;
+    let image_gc = tokio::spawn(image_gc_loop(
+        images.clone(),
+        opts.runtime(),
+        Statvfs(opts.data_dir.join("images")),
+        opts.image_gc.clone(),
+        client.clone(),
+        opts.node_name.clone(),
+    ));
     let runtime = opts.runtime();
     let agent = Agent::new(
         client,
@@ -167,12 +179,73 @@ pub async fn run(
     tracing::info!(node = %opts.node_name, %pod_cidr, "agent running");
     Arc::clone(&agent).run(shutdown).await;
     heartbeat.abort();
+    image_gc.abort();
     sampler.abort();
     pod_starts.abort();
     if let Err(e) = stats.save() {
         tracing::warn!(error = %e, "saving the meter");
     }
     Ok(())
+}
+
+/// Every `policy.period`, frees disk by removing unused images when the image filesystem
+/// is over the high threshold; a Warning `FreeDiskSpaceFailed` (or `ImageGCFailed`) on the
+/// Node when it could not, as the kubelet reports it.
+async fn image_gc_loop(
+    images: RegistryImageStore,
+    runtime: LibcontainerRuntime,
+    disk: Statvfs,
+    policy: GcPolicy,
+    client: Client,
+    node_name: String,
+) {
+    use kith_api::events::{record, EventType};
+    let node = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node_name.clone()),
+        // The kubelet names its node events' uid after the node, too.
+        uid: Some(node_name),
+        ..Default::default()
+    };
+    let mut tick = tokio::time::interval(policy.period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let in_use = match runtime.list().await {
+            Ok(containers) => gc::in_use(&containers),
+            Err(e) => {
+                tracing::warn!(error = %e, "image GC: listing containers");
+                continue;
+            }
+        };
+        let (reason, message) = match gc::collect_if_short(&images, &disk, &in_use, &policy).await {
+            Ok(None) => continue,
+            Ok(Some(round)) => {
+                tracing::info!(
+                    wanted = round.wanted,
+                    freed = round.report.freed_bytes,
+                    removed = ?round.report.removed_images,
+                    "image GC"
+                );
+                match round.shortfall() {
+                    Some(message) => ("FreeDiskSpaceFailed", message),
+                    None => continue,
+                }
+            }
+            Err(e) => ("ImageGCFailed", e.to_string()),
+        };
+        tracing::warn!(reason, %message, "image GC");
+        record(
+            &client,
+            &node,
+            EventType::Warning,
+            reason,
+            &message,
+            "kubelet",
+        )
+        .await;
+    }
 }
 
 /// The control plane gives each node a podCIDR soon after it registers.

@@ -4,6 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::Result;
+use kith_agent::image::gc::{bytes_to_free, collect_if_short, DiskUsage, GcPolicy, Statvfs};
 use kith_agent::image::testing::{raw_tar, ImageOptions, RawEntry, TestImage, TestRegistry};
 use kith_agent::image::{ImageStore, PullPolicy, RegistryImageStore};
 
@@ -250,6 +251,7 @@ async fn garbage_collection_keeps_images_in_use() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let store = RegistryImageStore::open(dir.path(), vec![])?;
     store.set_gc_grace(std::time::Duration::ZERO);
+    store.set_image_min_age(std::time::Duration::ZERO);
     let a = store
         .ensure(
             &registry.image("kith/a", "v1"),
@@ -378,5 +380,124 @@ async fn multi_arch_index_picks_the_host_platform() -> Result<()> {
         image.repo_digest,
         format!("{}/kith/multi@{index_digest}", registry.address())
     );
+    Ok(())
+}
+
+/// A small tmpfs of its own, unmounted when dropped (also when the test fails).
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size_mib: u64) -> Result<SmallFs> {
+        let dir = tempfile::tempdir()?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size_mib}m").as_str()),
+        )?;
+        Ok(SmallFs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Grows `filler` until the filesystem is at least `percent` used.
+fn fill_to(disk: &Statvfs, filler: &Path, percent: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(filler)?;
+    let chunk = vec![1u8; 64 << 10];
+    loop {
+        let u = disk.usage()?;
+        if (u.capacity - u.available) * 100 / u.capacity >= percent {
+            return Ok(());
+        }
+        f.write_all(&chunk)?;
+        f.sync_data()?;
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_loses_unused_images_least_recently_used_first() -> Result<()> {
+    let registry = TestRegistry::start()?;
+    for (name, fill) in [("kith/a", 0usize), ("kith/b", 3 << 20), ("kith/c", 3 << 20)] {
+        let image = TestImage::busybox(ImageOptions {
+            cmd: Some(vec![name.into()]),
+            ..ImageOptions::default()
+        })?
+        .with_layer(raw_tar(&[RawEntry::file("data/big", vec![7u8; fill])]));
+        registry.push(name, "v1", &image).await?;
+    }
+    let small = SmallFs::mount(48)?;
+    let dir = small.path().join("images");
+    let store = RegistryImageStore::open(&dir, vec![])?;
+    store.set_gc_grace(std::time::Duration::ZERO);
+    store.set_image_min_age(std::time::Duration::ZERO);
+    let mut pulled = Vec::new();
+    for name in ["kith/a", "kith/b", "kith/c"] {
+        let image = store
+            .ensure(&registry.image(name, "v1"), PullPolicy::IfNotPresent, &[])
+            .await?;
+        pulled.push(image);
+        // Last-use times have a one-second grain on some filesystems.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let [a, b, c] = <[_; 3]>::try_from(pulled).expect("three images");
+    let disk = Statvfs(dir.clone());
+    let policy = GcPolicy::default();
+
+    // Below the high threshold: nothing happens.
+    assert_eq!(
+        collect_if_short(&store, &disk, std::slice::from_ref(&a.image_id), &policy).await?,
+        None
+    );
+
+    // Over it: unused images go, oldest first (b before c), until under the low one; the
+    // image in use stays and still starts containers.
+    let filler = small.path().join("filler");
+    fill_to(&disk, &filler, 86)?;
+    let round = collect_if_short(&store, &disk, std::slice::from_ref(&a.image_id), &policy)
+        .await?
+        .expect("a round ran");
+    assert_eq!(
+        round.report.removed_images.first(),
+        Some(&b.image_id),
+        "{round:?}"
+    );
+    assert!(!round.report.removed_images.contains(&a.image_id));
+    assert_eq!(round.shortfall(), None, "{round:?}");
+    assert_eq!(
+        bytes_to_free(disk.usage()?, &policy),
+        None,
+        "back under 85%"
+    );
+    assert!(!b.rootfs.exists());
+    assert!(a.rootfs.join("bin/busybox").is_file());
+    assert_eq!(store.ensure(&a.reference, PullPolicy::Never, &[]).await?, a);
+    let c_left = store.lookup(&c.reference)?.is_some();
+
+    // Full with only the image in use left: the shortfall is reported, a is kept.
+    fill_to(&disk, &filler, 97)?;
+    let round = collect_if_short(&store, &disk, std::slice::from_ref(&a.image_id), &policy)
+        .await?
+        .expect("a round ran");
+    assert!(round.shortfall().is_some(), "{round:?}");
+    assert!(!round.report.removed_images.contains(&a.image_id));
+    assert!(
+        store.lookup(&c.reference)?.is_none(),
+        "c went too (left by the first round: {c_left})"
+    );
+    assert!(a.rootfs.join("bin/busybox").is_file());
     Ok(())
 }

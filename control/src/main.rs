@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use kith_control::up::{self, UpConfig};
 
 #[derive(Parser)]
@@ -51,6 +51,8 @@ enum Command {
         /// The pod bridge and nftables table of this box's agent.
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
+        #[command(flatten)]
+        image_gc: ImageGcArgs,
     },
     /// Run one control box of a multi-box region (Raft over mutual TLS between boxes): the
     /// first box founds the region; the others join it with --join and --token.
@@ -119,6 +121,8 @@ enum Command {
         /// The pod bridge and nftables table of this agent.
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
+        #[command(flatten)]
+        image_gc: ImageGcArgs,
     },
     /// Internal: the per-container shim the agent starts (`kith shim run <dir>`).
     #[command(hide = true)]
@@ -174,6 +178,29 @@ enum TokenCommand {
         #[arg(long, conflicts_with = "ttl")]
         metrics: bool,
     },
+}
+
+/// When an agent removes unused images to free disk (the kubelet's flags and defaults).
+#[derive(Args)]
+struct ImageGcArgs {
+    /// Remove unused images when the image filesystem is at least this full (percent).
+    #[arg(long, default_value_t = 85)]
+    image_gc_high_threshold: u64,
+    /// ... until it is no fuller than this (percent).
+    #[arg(long, default_value_t = 80)]
+    image_gc_low_threshold: u64,
+}
+
+impl ImageGcArgs {
+    fn policy(&self) -> anyhow::Result<kith_agent::image::gc::GcPolicy> {
+        let d = kith_agent::image::gc::GcPolicy::default();
+        kith_agent::image::gc::GcPolicy::new(
+            self.image_gc_high_threshold,
+            self.image_gc_low_threshold,
+            d.period,
+        )
+        .map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -283,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_registries,
             cluster_cidr,
             pod_bridge,
+            image_gc,
         } => {
             let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
             let agent = if no_agent {
@@ -297,6 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     node_ip: None,
                     bridge: pod_bridge,
                     node_port: kith_api::remote_node::DEFAULT_NODE_PORT,
+                    image_gc: image_gc.policy()?,
                 })
             };
             if agent.is_some() {
@@ -394,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node_port,
             insecure_registries,
             pod_bridge,
+            image_gc,
         } => {
             up::preflight(&up::HostFacts::read())?;
             let node_name = node_name_or_hostname(node_name)?;
@@ -417,6 +447,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 node_ip,
                 bridge: pod_bridge,
                 node_port,
+                image_gc: image_gc.policy()?,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

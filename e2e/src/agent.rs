@@ -71,6 +71,7 @@ impl RemoteAgent {
                 node_ip: None,
                 bridge: spec.opts.bridge.clone(),
                 node_port: spec.node_port,
+                image_gc: Default::default(),
             },
             log: log.to_path_buf(),
         })

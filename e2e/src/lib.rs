@@ -642,6 +642,7 @@ impl Drop for Cluster {
                 node_ip: None,
                 bridge: a.bridge.clone(),
                 node_port: 10250,
+                image_gc: Default::default(),
             };
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

@@ -30,6 +30,7 @@ mod auth;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod gc;
 mod reference;
 mod store;
 #[cfg(any(test, feature = "test-util"))]

@@ -35,6 +35,10 @@ use super::{
 /// Blobs and unpacked roots without a record and younger than this are not collected by
 /// default: another process (`kith image import`) may be installing them right now.
 const DEFAULT_GC_GRACE: Duration = Duration::from_secs(600);
+/// Images used (pulled, imported or looked up for a container) more recently than this are
+/// not removed: a container may be about to start from one. The kubelet's
+/// `imageMinimumGCAge` default.
+const DEFAULT_IMAGE_MIN_AGE: Duration = Duration::from_secs(120);
 
 /// What `dir/images/<hash>.json` holds for one image name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +67,7 @@ struct Inner {
     /// `ensure` holds it shared, garbage collection exclusively.
     gc: tokio::sync::RwLock<()>,
     gc_grace_secs: AtomicU64,
+    image_min_age_secs: AtomicU64,
 }
 
 impl std::fmt::Debug for RegistryImageStore {
@@ -98,6 +103,7 @@ impl RegistryImageStore {
                 locks: Mutex::default(),
                 gc: tokio::sync::RwLock::new(()),
                 gc_grace_secs: AtomicU64::new(DEFAULT_GC_GRACE.as_secs()),
+                image_min_age_secs: AtomicU64::new(DEFAULT_IMAGE_MIN_AGE.as_secs()),
             }),
         })
     }
@@ -108,6 +114,14 @@ impl RegistryImageStore {
         self.inner
             .gc_grace_secs
             .store(grace.as_secs(), Ordering::Relaxed);
+    }
+
+    /// How long after its last use an image may be removed by garbage collection
+    /// (default 2 minutes, as the kubelet's `imageMinimumGCAge`; tests use zero).
+    pub fn set_image_min_age(&self, age: Duration) {
+        self.inner
+            .image_min_age_secs
+            .store(age.as_secs(), Ordering::Relaxed);
     }
 
     /// The store's directory.
@@ -562,9 +576,12 @@ impl RegistryImageStore {
             entry.0 = entry.0.max(*used);
             entry.1.push(record.reference.clone());
         }
+        let min_age = Duration::from_secs(self.inner.image_min_age_secs.load(Ordering::Relaxed));
+        let old_enough =
+            |used: &SystemTime| now.duration_since(*used).unwrap_or_default() >= min_age;
         let mut candidates: Vec<(SystemTime, String)> = images
             .iter()
-            .filter(|(id, _)| !in_use.contains(id.as_str()))
+            .filter(|(id, (used, _))| !in_use.contains(id.as_str()) && old_enough(used))
             .map(|(id, (used, _))| (*used, id.clone()))
             .collect();
         candidates.sort();
