@@ -132,6 +132,21 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("bad /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
+    let ticks = |i: usize| -> Result<u64> {
+        Ok(fields.get(i - 3).context("short /proc/PID/stat")?.parse()?)
+    };
+    let total = ticks(14)? + ticks(15)?;
+    let per_sec = rustix::param::clock_ticks_per_second();
+    Ok(Duration::from_secs_f64(total as f64 / per_sec as f64))
+}
+
 /// The pid of the `kith up` serving `data_dir` (the harness keeps its child private).
 pub fn kith_pid(data_dir: &Path) -> Result<u32> {
     let want = data_dir.as_os_str().as_encoded_bytes();

@@ -6,15 +6,22 @@
 //!     │        wait until the store holds them all (controllers add ReplicaSets, markers)
 //!     └──GET /metrics × N (OpenMetrics as Prometheus asks, then text 0.0.4) ─▶ median time,
 //!                                                                              bytes
+//!  a fresh kith up with its agent, nothing to do
+//!     ├── no requests for --idle-secs ─▶ CPU % of the box (its own sampling included)
+//!     └── GET /metrics × N back to back ─▶ the box's CPU per scrape, and what that costs
+//!                                          at Prometheus' default 15 s interval
 //! ```
+//! CPU is the `kith` process's user + system time from `/proc/PID/stat` (10 ms grain).
 //!
-//! Usage: `kith-metrics-bench [--objects N] [--scrapes N]`. Environment: `KITH_BIN`.
+//! Usage: `kith-metrics-bench [--objects N] [--scrapes N] [--idle-secs N]`. Environment:
+//! `KITH_BIN`. The idle phase runs an agent, so it needs root like `kith up` does.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use futures::{stream, StreamExt as _, TryStreamExt as _};
-use kith_e2e::Cluster;
+use kith_e2e::bench::{cpu_time, figure, kith_pid, Better};
+use kith_e2e::{AgentOptions, Cluster, Options};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{json, Value};
@@ -28,12 +35,14 @@ const NAMESPACE: &str = "metrics-bench";
 struct Args {
     objects: usize,
     scrapes: usize,
+    idle_secs: usize,
 }
 
 fn args() -> Result<Args> {
     let mut a = Args {
         objects: 1000,
         scrapes: 20,
+        idle_secs: 30,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +55,7 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--objects" => a.objects = value()?,
             "--scrapes" => a.scrapes = value()?.max(1),
+            "--idle-secs" => a.idle_secs = value()?.max(1),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -133,12 +143,66 @@ async fn scrape(client: &kube::Client, accept: Option<&str>) -> Result<(Duration
     Ok((started.elapsed(), text))
 }
 
+/// A `BENCH` line with extra keys.
 fn bench_line(name: &str, value: f64, unit: &str, extra: Value) {
-    let mut line = json!({"name": name, "value": (value * 1000.0).round() / 1000.0, "unit": unit});
-    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
-        l.extend(e.clone());
+    let mut f = figure(name, value, unit);
+    f.better = Better::Lower;
+    if let Some(e) = extra.as_object() {
+        f.extra = e.clone();
     }
-    println!("BENCH {line}");
+    f.print();
+}
+
+/// Prometheus' default scrape interval.
+const PROMETHEUS_INTERVAL: Duration = Duration::from_secs(15);
+/// Back-to-back scrapes for the CPU-per-scrape figure (many, for the 10 ms grain).
+const CPU_SCRAPES: u32 = 100;
+
+/// The idle box: its CPU with nothing to do, and the CPU one scrape costs it.
+async fn idle_box(idle: Duration) -> Result<()> {
+    let cluster = Cluster::up_with(Options {
+        agent: Some(AgentOptions::unique("mbench")),
+        ..Options::default()
+    })
+    .await?;
+    let client = cluster.client().await?;
+    let pid = kith_pid(&cluster.data_dir())?;
+    // Let start-up work (the first node status, controllers' first passes) finish.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+
+    let cpu0 = cpu_time(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(idle).await;
+    let idle_cpu = cpu_time(pid)? - cpu0;
+    let idle_percent = idle_cpu.as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+    bench_line(
+        "box_idle_cpu_percent",
+        idle_percent,
+        "%",
+        json!({"secs": idle.as_secs(), "agent": true, "cpu_ms": idle_cpu.as_millis() as u64}),
+    );
+
+    let cpu0 = cpu_time(pid)?;
+    let t0 = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..CPU_SCRAPES {
+        bytes = scrape(&client, Some(OPENMETRICS_ACCEPT)).await?.1.len();
+    }
+    let elapsed = t0.elapsed();
+    // The idle share of the window is not the scrapes' doing.
+    let spent =
+        (cpu_time(pid)? - cpu0).as_secs_f64() - idle_percent / 100.0 * elapsed.as_secs_f64();
+    let per_scrape_ms = (spent.max(0.0) * 1000.0) / f64::from(CPU_SCRAPES);
+    let extra = json!({"scrapes": CPU_SCRAPES, "bytes": bytes, "agent": true});
+    bench_line("metrics_scrape_cpu_ms", per_scrape_ms, "ms", extra.clone());
+    bench_line(
+        "metrics_overhead_percent_at_15s",
+        per_scrape_ms / PROMETHEUS_INTERVAL.as_secs_f64() / 1000.0 * 100.0,
+        "%",
+        extra,
+    );
+    drop(cluster);
+    Ok(())
 }
 
 #[tokio::main]
@@ -216,5 +280,5 @@ async fn main() -> Result<()> {
         );
     }
     drop(cluster);
-    Ok(())
+    idle_box(Duration::from_secs(args.idle_secs as u64)).await
 }
