@@ -1,6 +1,7 @@
 //! kith's control plane: the Raft-replicated object store, the certificates of a region,
 //! and the `kith` command that runs them.
 
+pub mod apiservers;
 pub mod client;
 pub mod controllers;
 pub use kith_api::events;

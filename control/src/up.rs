@@ -197,12 +197,10 @@ pub async fn run(
         _ => (RaftStore::open(store_cfg).await?, None),
     };
     let api = Arc::new(Api::new(store.clone()));
-    let advertise = advertise_ip(cfg.listen.ip());
-    let service_objects = kubernetes_service_objects(
-        advertise,
-        cfg.listen.port(),
-        clusterip::Range::default().kubernetes_service_ip(),
-    );
+    let advertise = SocketAddr::new(advertise_ip(cfg.listen.ip()), cfg.listen.port());
+    let cluster_ip = clusterip::Range::default().kubernetes_service_ip();
+    let service_objects =
+        kubernetes_service_objects(&[advertise.ip()], advertise.port(), cluster_ip);
     // A box that leads from the start (always so for one box) has the system namespaces
     // and the kubernetes Service before it says it is up; later leaders make sure of them
     // when they take over (`leader_duties`).
@@ -237,12 +235,21 @@ pub async fn run(
     service.set_node_connector(nodes.clone());
     service.set_node_exec(nodes.clone());
     service.set_node_stats(nodes);
+    let apiserver_lease = tokio::spawn(crate::apiservers::keep_renewed(
+        client.clone(),
+        store.node_id(),
+        advertise,
+    ));
     let duties = tokio::spawn(leader_duties(
         store.clone(),
         client,
         api.clone(),
         cfg.cluster_cidr,
-        service_objects,
+        Service {
+            objects: service_objects,
+            own: advertise,
+            cluster_ip,
+        },
         bootstrapped,
     ));
     let mut agent_task = None;
@@ -276,6 +283,7 @@ pub async fn run(
     let _ = stop_tx.send(());
     let _ = peer_stop.send(());
     duties.abort();
+    apiserver_lease.abort();
     let _ = duties.await;
     if let Some(agent) = agent_task {
         agent.abort();
@@ -307,6 +315,14 @@ async fn bootstrap_objects(
         .map_err(UpError::KubernetesService)
 }
 
+/// The `kubernetes` Service as this box first makes it, and what keeping it needs.
+struct Service {
+    objects: Vec<(&'static str, &'static str, Value)>,
+    /// This box's API address.
+    own: SocketAddr,
+    cluster_ip: Ipv4Addr,
+}
+
 /// What only the leader does: controllers, the scheduler, keeping the system objects
 /// (made here at each new leadership, except the first when `bootstrapped` says start-up
 /// made them already).
@@ -318,7 +334,7 @@ async fn leader_duties(
     client: kube::Client,
     api: Arc<Api<Arc<RaftStore>>>,
     cluster_cidr: controllers::nodeipam::Cidr,
-    service_objects: Vec<(&'static str, &'static str, Value)>,
+    service: Service,
     mut bootstrapped: bool,
 ) {
     let me = store.node_id();
@@ -334,14 +350,16 @@ async fn leader_duties(
                 tracing::info!(node = me, "leading: starting controllers and the scheduler");
                 // Done at start-up already when this box led from the start.
                 if !std::mem::take(&mut bootstrapped) {
-                    if let Err(e) = bootstrap_objects(&api, &service_objects).await {
+                    if let Err(e) = bootstrap_objects(&api, &service.objects).await {
                         tracing::warn!(error = %e, "making sure of the system objects");
                     }
                 }
                 let mut set = controllers::spawn_all(client.clone(), api.clone(), cluster_cidr);
                 set.spawn(keep_kubernetes_service(
                     api.clone(),
-                    service_objects.clone(),
+                    client.clone(),
+                    service.own,
+                    service.cluster_ip,
                 ));
                 set.spawn(crate::pki::join::clean_forever(client.clone()));
                 running = Some(set);
@@ -394,15 +412,24 @@ pub fn advertise_ip(listen: IpAddr) -> IpAddr {
 }
 
 /// The `kubernetes` Service, Endpoints and EndpointSlice in `default` as kube-apiserver
-/// writes them: port 443 named `https` on `cluster_ip`, served at `ip:port`.
-/// Returned as (group, plural, object).
+/// writes them: port 443 named `https` on `cluster_ip`, served at `port` of each of `ips`
+/// (the boxes serving the API; at least one). Returned as (group, plural, object).
 pub fn kubernetes_service_objects(
-    ip: IpAddr,
+    ips: &[IpAddr],
     port: u16,
     cluster_ip: Ipv4Addr,
 ) -> Vec<(&'static str, &'static str, Value)> {
     let https = json!({"name": "https", "port": port, "protocol": "TCP"});
-    let address_type = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    let address_type = if ips.first().is_none_or(|ip| ip.is_ipv4()) {
+        "IPv4"
+    } else {
+        "IPv6"
+    };
+    let addresses: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
+        .collect();
     vec![
         (
             "",
@@ -427,7 +454,7 @@ pub fn kubernetes_service_objects(
                 "apiVersion": "v1", "kind": "Endpoints",
                 "metadata": {"name": "kubernetes", "namespace": "default",
                              "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                "subsets": [{"addresses": [{"ip": ip.to_string()}], "ports": [https.clone()]}],
+                "subsets": [{"addresses": addresses, "ports": [https.clone()]}],
             }),
         ),
         (
@@ -438,11 +465,26 @@ pub fn kubernetes_service_objects(
                 "metadata": {"name": "kubernetes", "namespace": "default",
                              "labels": {"kubernetes.io/service-name": "kubernetes"}},
                 "addressType": address_type,
-                "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+                "endpoints": endpoints,
                 "ports": [https],
             }),
         ),
     ]
+}
+
+/// The IPs the `kubernetes` Service names, from the live API server addresses: those on
+/// this box's port and address family (the Service has one target port), this box always
+/// among them.
+pub fn service_ips(own: SocketAddr, live: &[SocketAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = live
+        .iter()
+        .filter(|a| a.port() == own.port() && a.is_ipv4() == own.is_ipv4())
+        .map(SocketAddr::ip)
+        .chain([own.ip()])
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// The fields `ensure_kubernetes_service` keeps as it wants them (the rest is defaulted
@@ -504,15 +546,26 @@ async fn ensure_kubernetes_service<S: ObjectStore>(
     Ok(())
 }
 
-/// kube-apiserver re-checks its Service and endpoints every 10 s; so does `kith up`.
+/// kube-apiserver re-checks its Service and endpoints every 10 s; so does the leader,
+/// with the endpoints of every box whose API server lease is live.
 async fn keep_kubernetes_service<S: ObjectStore>(
     api: Arc<Api<S>>,
-    objects: Vec<(&'static str, &'static str, Value)>,
+    client: kube::Client,
+    own: SocketAddr,
+    cluster_ip: Ipv4Addr,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let live = match crate::apiservers::live(&client).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the API server leases");
+                vec![own]
+            }
+        };
+        let objects = kubernetes_service_objects(&service_ips(own, &live), own.port(), cluster_ip);
         if let Err(e) = ensure_kubernetes_service(&api, &objects).await {
             tracing::warn!(error = %e, "keeping the kubernetes service");
         }
@@ -575,9 +628,29 @@ mod tests {
     }
 
     #[test]
+    fn service_ips_table() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let own = a("10.0.0.2:6443");
+        let cases: Vec<(Vec<SocketAddr>, Vec<IpAddr>)> = vec![
+            (vec![], vec![ip("10.0.0.2")]),
+            (vec![own], vec![ip("10.0.0.2")]),
+            (
+                vec![a("10.0.0.3:6443"), a("10.0.0.1:6443")],
+                vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3")],
+            ),
+            (vec![a("10.0.0.1:7443")], vec![ip("10.0.0.2")]),
+            (vec![a("[fd00::1]:6443")], vec![ip("10.0.0.2")]),
+        ];
+        for (live, want) in cases {
+            assert_eq!(service_ips(own, &live), want, "{live:?}");
+        }
+    }
+
+    #[test]
     fn kubernetes_service_points_at_the_api_server() {
         let objs = kubernetes_service_objects(
-            Ipv4Addr::new(192, 0, 2, 7).into(),
+            &[Ipv4Addr::new(192, 0, 2, 7).into()],
             6443,
             Ipv4Addr::new(10, 43, 0, 1),
         );
@@ -608,11 +681,21 @@ mod tests {
         );
         assert_eq!(slice["endpoints"][0]["addresses"][0], "192.0.2.7");
         let v6 = kubernetes_service_objects(
-            Ipv6Addr::LOCALHOST.into(),
+            &[Ipv6Addr::LOCALHOST.into()],
             6443,
             Ipv4Addr::new(10, 43, 0, 1),
         );
         assert_eq!(v6[2].2["addressType"], "IPv6");
+        let region = kubernetes_service_objects(
+            &["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+            6443,
+            Ipv4Addr::new(10, 43, 0, 1),
+        );
+        assert_eq!(
+            region[1].2["subsets"][0]["addresses"],
+            json!([{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}])
+        );
+        assert_eq!(region[2].2["endpoints"][1]["addresses"][0], "10.0.0.2");
         for (group, plural, _) in &objs {
             assert!(
                 kinds::by_resource(group, "v1", plural).is_some(),

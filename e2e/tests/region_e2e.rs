@@ -3,6 +3,7 @@
 //! - three boxes form a region (one founds it, two join through it with a join token);
 //! - two agents (`kith agent`, real containers; they run beside the test process and reach
 //!   the boxes over the lab's bridge) join through a follower;
+//! - the `kubernetes` Service's endpoints name all three boxes;
 //! - a Deployment applied through a follower is seen on every box, the controllers (running
 //!   on the leader) make its ReplicaSet and pods, and the agents run them; the pods keep
 //!   running, never restarted, through everything below;
@@ -226,6 +227,37 @@ async fn run(
                 .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The `kubernetes` Service names every box serving the API, from their leases.
+    let boxes: BTreeSet<String> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|h| Ok(region.lab.addr(h)?.to_string()))
+        .collect::<Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let ips = region
+            .kubectl_ok(
+                &f2,
+                K,
+                &[
+                    "get",
+                    "endpoints",
+                    "kubernetes",
+                    "-o",
+                    "jsonpath={.subsets[*].addresses[*].ip}",
+                ],
+            )
+            .await?;
+        let ips: BTreeSet<String> = ips.split_whitespace().map(str::to_string).collect();
+        if ips == boxes {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "kubernetes endpoints {ips:?}, want every box {boxes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // A Deployment through a follower; another follower shows what the leader's
