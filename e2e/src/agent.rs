@@ -1,6 +1,11 @@
 //! A `kith agent` process of its own (not the in-process agent of `kith up`), joining a
 //! cluster or region with a join token; on drop it is killed and everything it made
 //! (containers, mounts, pod network, bridge) is removed, and on a panic its log printed.
+//!
+//! An agent may run on a lab host ([`AgentSpec::netns`]): it then joins only the host's
+//! network namespace (`nsenter --net`), not a mount namespace of its own as `ip netns exec`
+//! would give it, so its containers' mounts and pod namespaces stay where the test (and
+//! the clean-up on drop, run inside the host's network namespace) can see them.
 
 use std::path::{Path, PathBuf};
 
@@ -20,14 +25,30 @@ pub struct AgentSpec<'a> {
     pub node_ip: Option<&'a str>,
     /// `--node-port`: each agent on one machine needs its own.
     pub node_port: u16,
+    /// `--insecure-registry`: registries reached over plain HTTP that are not on loopback.
+    pub insecure_registries: &'a [String],
+    /// A lab host's network namespace to run in (see the module doc); `None`: the test's.
+    pub netns: Option<&'a str>,
 }
 
 /// The `kith agent` command for `spec` (stdin closed, killed on drop).
 pub fn command(spec: &AgentSpec<'_>) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(kith_bin());
+    let mut cmd = match spec.netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}"))
+                .arg("--")
+                .arg(kith_bin());
+            c
+        }
+        None => tokio::process::Command::new(kith_bin()),
+    };
     cmd.arg("agent");
     for s in spec.servers {
         cmd.arg("--server").arg(s);
+    }
+    for r in spec.insecure_registries {
+        cmd.arg("--insecure-registry").arg(r);
     }
     cmd.arg("--token")
         .arg(spec.token)
@@ -50,6 +71,7 @@ pub struct RemoteAgent {
     child: Option<tokio::process::Child>,
     opts: kith_agent::run::AgentOptions,
     log: PathBuf,
+    netns: Option<String>,
 }
 
 impl RemoteAgent {
@@ -74,6 +96,7 @@ impl RemoteAgent {
                 image_gc: Default::default(),
             },
             log: log.to_path_buf(),
+            netns: spec.netns.map(str::to_string),
         })
     }
 
@@ -95,7 +118,24 @@ impl Drop for RemoteAgent {
             );
         }
         let opts = self.opts.clone();
+        let netns = self.netns.clone();
         let _ = std::thread::spawn(move || {
+            // The bridge, its nftables table and the pod veths' host ends are in the host's
+            // network namespace: clean up from inside it (this thread only; the commands
+            // the clean-up runs are forked from it and inherit it).
+            if let Some(ns) = netns {
+                let entered = std::fs::File::open(format!("/run/netns/{ns}")).and_then(|f| {
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&f),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )
+                    .map_err(std::io::Error::from)
+                });
+                if let Err(e) = entered {
+                    eprintln!("agent clean-up: entering {ns}: {e}");
+                    return;
+                }
+            }
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -63,6 +63,8 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
         opts: &remote,
         node_ip: Some("127.0.0.1"),
         node_port,
+        insecure_registries: &[],
+        netns: None,
     };
     let out = command(&spec(&forged))
         .stdout(Stdio::piped())

@@ -1,8 +1,8 @@
 //! A region of real control boxes, each a `kith control` process on its own network
 //! namespace host, driven with kubectl 1.33 as a user would:
 //! - three boxes form a region (one founds it, two join through it with a join token);
-//! - two agents (`kith agent`, real containers; they run beside the test process and reach
-//!   the boxes over the lab's bridge) join through a follower;
+//! - two agents (`kith agent`, real containers), each on a namespace host of its own, join
+//!   through a follower (they pull from a registry on the test's side of the lab);
 //! - the `kubernetes` Service's endpoints name all three boxes;
 //! - a Deployment applied through a follower is seen on every box, the controllers (running
 //!   on the leader) make its ReplicaSet and pods, and the agents run them; the pods keep
@@ -141,7 +141,7 @@ async fn a_region_survives_losing_a_minority() {
     let cidr = a1.cluster_cidr.clone();
     let mut region = Region::new(
         "reg",
-        &["c1", "c2", "c3", "c4", "c5"],
+        &["c1", "c2", "c3", "c4", "c5", "a1", "a2"],
         &["--cluster-cidr", &cidr],
     )
     .expect("lab");
@@ -158,7 +158,9 @@ async fn run(
     agent_opts: [AgentOptions; 2],
     agents: &mut Vec<RemoteAgent>,
 ) -> Result<()> {
-    let registry = TestRegistry::start()?;
+    // The registry listens on the test's side of the lab, where the agents' hosts reach it.
+    let registry = TestRegistry::start_on(region.lab.root_addr())?;
+    let insecure = [registry.address().to_string()];
     registry
         .push_busybox("busybox", "1", ImageOptions::default())
         .await?;
@@ -178,9 +180,9 @@ async fn run(
         .collect();
     let (f1, f2) = (followers[0].clone(), followers[1].clone());
 
-    // Two agents join through a follower.
+    // Two agents, each on a host of its own, join through a follower.
     let token = region.token()?;
-    for a in &agent_opts {
+    for (a, host) in agent_opts.iter().zip(["a1", "a2"]) {
         let dir = region.lab.dir().join(format!("agent-{}", a.node_name));
         let log = region.lab.dir().join(format!("agent-{}.log", a.node_name));
         // Every box, a follower first: the agent fails over when its box goes.
@@ -194,9 +196,10 @@ async fn run(
             dir: &dir,
             opts: a,
             node_ip: None,
-            node_port: std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port(),
+            // The kubelet's port: each agent has a host of its own.
+            node_port: 10250,
+            insecure_registries: &insecure,
+            netns: Some(region.lab.netns(host)?),
         };
         agents.push(RemoteAgent::start(&spec, &log)?);
     }

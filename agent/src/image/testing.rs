@@ -392,8 +392,8 @@ pub const TEST_REGISTRY_PASSWORD: &str = "kith-secret";
 /// htpasswd line for the user and password above (bcrypt, low cost to keep tests fast).
 const TEST_HTPASSWD: &str = "kith:$2b$05$v3gls1Hvsk.zCojCG9O4v.xtxbrZ55RRCeCP9jB.Ihs/Voq6Eip7O\n";
 
-/// Debian's `docker-registry` serving on 127.0.0.1 with its own storage; killed and
-/// removed on drop.
+/// Debian's `docker-registry` serving on 127.0.0.1 (or another local address) with its
+/// own storage; killed and removed on drop.
 pub struct TestRegistry {
     child: Option<Child>,
     dir: PathBuf,
@@ -405,16 +405,23 @@ impl TestRegistry {
     /// Starts `/usr/bin/docker-registry serve CONFIG` on a free loopback port and waits
     /// until `/v2/` answers.
     pub fn start() -> Result<TestRegistry> {
-        Self::start_with(false)
+        Self::start_with(false, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Like [`TestRegistry::start`], on a local address other than loopback (e.g. the
+    /// test's side of a network lab, for agents in other network namespaces; they must
+    /// name it with `--insecure-registry`).
+    pub fn start_on(ip: Ipv4Addr) -> Result<TestRegistry> {
+        Self::start_with(false, ip)
     }
 
     /// Like [`TestRegistry::start`], but every request needs HTTP Basic auth with
     /// [`TEST_REGISTRY_USER`] / [`TEST_REGISTRY_PASSWORD`] (pushes use them).
     pub fn start_with_basic_auth() -> Result<TestRegistry> {
-        Self::start_with(true)
+        Self::start_with(true, Ipv4Addr::LOCALHOST)
     }
 
-    fn start_with(basic_auth: bool) -> Result<TestRegistry> {
+    fn start_with(basic_auth: bool, ip: Ipv4Addr) -> Result<TestRegistry> {
         let dir = unique_temp_dir("kith-test-registry")?;
         let auth = if basic_auth {
             RegistryAuth::Basic(TEST_REGISTRY_USER.into(), TEST_REGISTRY_PASSWORD.into())
@@ -424,7 +431,7 @@ impl TestRegistry {
         let mut last_error = None;
         // A port found free can be taken before the registry binds it; try a few.
         for _ in 0..3 {
-            match Self::start_in(&dir, basic_auth) {
+            match Self::start_in(&dir, basic_auth, ip) {
                 Ok((child, address)) => {
                     return Ok(TestRegistry {
                         child: Some(child),
@@ -440,11 +447,9 @@ impl TestRegistry {
         Err(last_error.expect("tried"))
     }
 
-    fn start_in(dir: &Path, basic_auth: bool) -> Result<(Child, String)> {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
+    fn start_in(dir: &Path, basic_auth: bool, ip: Ipv4Addr) -> Result<(Child, String)> {
+        let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
+        let address = format!("{ip}:{port}");
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage)?;
         let config = dir.join("config.yml");
@@ -486,7 +491,7 @@ impl TestRegistry {
         bail!("docker-registry on {address} did not answer /v2/ within 10s")
     }
 
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or the address it was started on).
     pub fn address(&self) -> &str {
         &self.address
     }
