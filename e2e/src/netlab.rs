@@ -31,9 +31,9 @@
 //! `ip netns exec` also gives each started process a mount namespace of its own (a slave
 //! of the root one, with `/sys` remounted for the host's network): mounts a process makes
 //! are not seen by the test or by the same command restarted. That is right for control
-//! boxes; an agent that must find its earlier containers' mounts after a restart would need
-//! to run in the test's mount namespace (`nsenter --net=/run/netns/<ns>`), which
-//! [`Lab::spawn`] does not offer yet.
+//! boxes. An agent, whose containers' mounts and pod namespaces the test must see and
+//! clean up, runs in the test's mount namespace instead (`nsenter --net=/run/netns/<ns>`,
+//! see `crate::agent`).
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
