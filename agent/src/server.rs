@@ -154,6 +154,7 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
                         command: target.command,
                         tty: target.tty,
                         stdin: target.stdin,
+                        timeout: None,
                     },
                 )
                 .await

@@ -448,6 +448,7 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
                 command,
                 tty: false,
                 stdin: true,
+                timeout: None,
             },
         )
         .await
@@ -476,6 +477,7 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
                 command,
                 tty: false,
                 stdin: false,
+                timeout: None,
             },
         )
         .await
@@ -487,6 +489,87 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
         kith_agent::runtime::shim::EXEC_START_FAILED
     );
     assert!(err.contains("no-such-command"), "stderr: {err}");
+}
+
+/// Processes (pid) whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> Vec<String> {
+    let want: Vec<u8> = words
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_probes_run_in_the_container_and_time_out_without_leftovers() {
+    use kith_agent::sync::probe::exec_probe;
+    let mut env = Env::new();
+    let req = env.request("probed", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let cmd = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let enough = Duration::from_secs(5);
+
+    let healthy = cmd(&["cat", "/tmp/healthy"]);
+    assert!(exec_probe(&env.rt, &key, &healthy, enough).await.is_err());
+    let touch = cmd(&["sh", "-c", "echo ok > /tmp/healthy"]);
+    assert_eq!(exec_probe(&env.rt, &key, &touch, enough).await, Ok(()));
+    assert_eq!(exec_probe(&env.rt, &key, &healthy, enough).await, Ok(()));
+    let remove = cmd(&["rm", "/tmp/healthy"]);
+    assert_eq!(exec_probe(&env.rt, &key, &remove, enough).await, Ok(()));
+    let err = exec_probe(&env.rt, &key, &healthy, enough)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err, "cat: can't open '/tmp/healthy': No such file or directory",
+        "the command's output is the message"
+    );
+    let silent = cmd(&["sh", "-c", "exit 7"]);
+    assert_eq!(
+        exec_probe(&env.rt, &key, &silent, enough).await,
+        Err("command \"sh -c exit 7\" exited with code 7".into())
+    );
+
+    // Out of time: the shell, its background child and its foreground child all go.
+    // Durations no other test uses, so the processes can be found by command line.
+    let n = std::process::id() % 10_000;
+    let (bg, fg) = ((40_000 + n).to_string(), (60_000 + n).to_string());
+    let script = format!("sleep {bg} & sleep {fg}");
+    let slow = cmd(&["sh", "-c", &script]);
+    let started = Instant::now();
+    assert_eq!(
+        exec_probe(&env.rt, &key, &slow, Duration::from_secs(1)).await,
+        Err(format!("command \"sh -c {script}\" timed out"))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = [
+            processes_running(&["sleep", &bg]),
+            processes_running(&["sleep", &fg]),
+            processes_running(&["sh", "-c", &script]),
+        ]
+        .concat();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The container itself still runs.
+    assert!(matches!(
+        env.state(&key).await,
+        ContainerState::Running { .. }
+    ));
 }
 
 #[tokio::test]

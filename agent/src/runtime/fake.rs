@@ -44,6 +44,8 @@ pub struct ExecOutcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: i32,
+    /// The exec outlives its timeout: its exit resolves to `ExecTimeout`.
+    pub timed_out: bool,
 }
 
 /// What the next start of a container (by name) does.
@@ -279,7 +281,11 @@ impl ContainerRuntime for FakeRuntime {
             stdin,
             stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
             stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
-            exit_code: Box::pin(std::future::ready(Ok(outcome.exit_code))),
+            exit_code: Box::pin(std::future::ready(if outcome.timed_out {
+                Err(RuntimeError::ExecTimeout(req.timeout.unwrap_or_default()))
+            } else {
+                Ok(outcome.exit_code)
+            })),
         })
     }
 }
@@ -343,12 +349,14 @@ mod tests {
                 stdout: b"hi\n".to_vec(),
                 stderr: vec![],
                 exit_code: 3,
+                timed_out: false,
             },
         );
         let req = ExecRequest {
             command: vec!["echo".into()],
             tty: false,
             stdin: false,
+            timeout: None,
         };
         assert!(
             rt.exec(&key("web"), req.clone()).await.is_err(),

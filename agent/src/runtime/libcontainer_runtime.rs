@@ -512,10 +512,15 @@ impl ContainerRuntime for LibcontainerRuntime {
             }
             None => return Err(RuntimeError::NotFound(key.dir_name())),
         }
-        let mut child = tokio::process::Command::new(&self.config.shim_binary)
-            .arg("shim")
-            .arg("exec")
-            .arg(&dir)
+        let mut cmd = tokio::process::Command::new(&self.config.shim_binary);
+        cmd.arg("shim").arg("exec").arg(&dir);
+        if let Some(t) = req.timeout {
+            // The helper enforces the deadline itself (see shim::exec): it can kill the
+            // command's process group, which the agent cannot name.
+            cmd.arg("--timeout-ms")
+                .arg(t.as_millis().max(1).to_string());
+        }
+        let mut child = cmd
             .arg("--")
             .args(&req.command)
             // The helper's stderr is the session's: its own logging must stay quiet.
@@ -533,12 +538,19 @@ impl ContainerRuntime for LibcontainerRuntime {
         let stdin = child.stdin.take().map(|s| Box::pin(s) as _);
         let stdout = Box::pin(child.stdout.take().expect("stdout is piped"));
         let stderr = Box::pin(child.stderr.take().expect("stderr is piped"));
+        let timeout = req.timeout;
         let exit_code = Box::pin(async move {
             let status = child.wait().await.map_err(io_err("wait for shim exec"))?;
             use std::os::unix::process::ExitStatusExt;
-            Ok(status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+            match (status.signal(), timeout) {
+                // The helper's own way of saying it killed the command at the deadline.
+                (Some(sig), Some(t)) if sig == Signal::SIGALRM as i32 => {
+                    Err(RuntimeError::ExecTimeout(t))
+                }
+                _ => Ok(status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))),
+            }
         });
         Ok(ExecSession {
             stdin,

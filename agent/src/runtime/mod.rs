@@ -137,6 +137,9 @@ pub struct ExecRequest {
     pub tty: bool,
     /// Whether the caller will write to the process's stdin (otherwise it reads /dev/null).
     pub stdin: bool,
+    /// Kill the process (and its process group) once it has run this long; its exit then
+    /// resolves to [`RuntimeError::ExecTimeout`]. Exec probes set it; `kubectl exec` does not.
+    pub timeout: Option<Duration>,
 }
 
 /// A running exec: the process's stdio and its exit code.
@@ -182,6 +185,9 @@ pub enum RuntimeError {
     Spec(String),
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// An exec outlived its [`ExecRequest::timeout`] and was killed.
+    #[error("exec timed out after {0:?}")]
+    ExecTimeout(Duration),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

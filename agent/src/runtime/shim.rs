@@ -17,6 +17,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use libcontainer::container::builder::ContainerBuilder;
@@ -24,6 +25,7 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -39,7 +41,21 @@ pub fn main(args: Vec<String>) -> i32 {
         ["exec", dir, "--", command @ ..] if !command.is_empty() => exec(
             Path::new(dir),
             command.iter().map(|s| s.to_string()).collect(),
+            None,
         ),
+        ["exec", dir, "--timeout-ms", ms, "--", command @ ..] if !command.is_empty() => {
+            match ms.parse::<u64>() {
+                Ok(ms) => exec(
+                    Path::new(dir),
+                    command.iter().map(|s| s.to_string()).collect(),
+                    Some(Duration::from_millis(ms)),
+                ),
+                Err(e) => {
+                    eprintln!("kith shim exec: --timeout-ms {ms:?}: {e}");
+                    2
+                }
+            }
+        }
         ["delete", dir] => match delete(Path::new(dir)) {
             Ok(()) => 0,
             Err(e) => {
@@ -49,7 +65,7 @@ pub fn main(args: Vec<String>) -> i32 {
         },
         _ => {
             eprintln!(
-                "usage: kith shim run <dir> | kith shim exec <dir> -- <command>... | kith shim delete <dir>"
+                "usage: kith shim run <dir> | kith shim exec <dir> [--timeout-ms N] -- <command>... | kith shim delete <dir>"
             );
             2
         }
@@ -329,7 +345,15 @@ pub const EXEC_START_FAILED: i32 = 126;
 
 /// Runs `command` inside the running container with this helper's stdin, stdout and
 /// stderr (the agent holds the other ends), waits for it and exits with its code.
-fn exec(dir: &Path, command: Vec<String>) -> i32 {
+///
+/// With a `timeout`, a command still running at the deadline is killed with its whole
+/// process group (libcontainer makes the exec'd process a session leader, so a shell's
+/// children go too), reaped, and the helper then ends itself with SIGALRM: the one way
+/// it can say "timed out" that no exit code of the command can be mistaken for. Killing
+/// here rather than in the agent means nothing is left behind in the container even if
+/// the agent is gone by then.
+fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let lc_root = dir.join(state::LC_ROOT);
     let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
         .with_root_path(&lc_root)
@@ -348,7 +372,21 @@ fn exec(dir: &Path, command: Vec<String>) -> i32 {
             return EXEC_START_FAILED;
         }
     };
-    match waitpid(pid, None) {
+    let status = match deadline {
+        None => waitpid(pid, None),
+        Some(deadline) => match wait_until(pid, deadline) {
+            Some(status) => status,
+            None => {
+                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                let _ = nix::sys::signal::raise(Signal::SIGALRM);
+                // Only reached if SIGALRM is ignored: still a failure, never a success.
+                return 128 + Signal::SIGKILL as i32;
+            }
+        },
+    };
+    match status {
         Ok(WaitStatus::Exited(_, code)) => code,
         Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
         Ok(other) => {
@@ -359,6 +397,25 @@ fn exec(dir: &Path, command: Vec<String>) -> i32 {
             eprintln!("kith: waitpid: {e}");
             255
         }
+    }
+}
+
+/// Waits for `pid` to end until `deadline`; `None` if it still runs then. Polls with a
+/// growing step (1 ms to 50 ms): the helper is single-threaded and blocks no signals
+/// (its child would inherit the mask), so there is no timed wait to lean on.
+fn wait_until(pid: Pid, deadline: Instant) -> Option<nix::Result<WaitStatus>> {
+    let mut step = Duration::from_millis(1);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => return Some(other),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(step.min(deadline - now));
+        step = (step * 2).min(Duration::from_millis(50));
     }
 }
 
