@@ -166,6 +166,10 @@ impl Env {
             spec: spec::build(&input).unwrap(),
             image_rootfs: self.image.clone(),
             log_path: self.logs.join(name).join("0.log"),
+            stdin: kith_agent::runtime::StdinMode::of(
+                container.stdin.unwrap_or(false),
+                container.stdin_once.unwrap_or(false),
+            ),
         }
     }
 
@@ -570,6 +574,64 @@ async fn exec_probes_run_in_the_container_and_time_out_without_leftovers() {
         env.state(&key).await,
         ContainerState::Running { .. }
     ));
+}
+
+#[tokio::test]
+async fn attach_forwards_stdin_and_streams_live_output() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    // stdin + stdinOnce: the container waits on its stdin, which the shim holds open.
+    let req = env.request_with(
+        "talk",
+        json!({
+            "command": ["sh", "-c", "read line; echo got $line; echo bye >&2"],
+            "stdin": true,
+            "stdinOnce": true,
+        }),
+        BTreeMap::new(),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    // The container must still be waiting: nothing closed its stdin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        env.state(&key).await,
+        ContainerState::Running { .. }
+    ));
+    let mut s = env.rt.attach(&key, true).await.unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got hello\n", "bye\n"));
+    assert_eq!(s.exit_code.await.unwrap(), 0);
+    let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
+    assert_eq!(code, 0);
+    assert!(env.log("talk").contains("got hello"), "{}", env.log("talk"));
+
+    // Without stdin: attach still streams what the container prints from then on.
+    let req = env.request(
+        "chatty",
+        &["sh", "-c", "sleep 2; echo one; echo two"],
+        json!({}),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let mut s = env.rt.attach(&key, false).await.unwrap();
+    assert!(s.stdin.is_none());
+    let mut out = String::new();
+    s.stdout.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "one\ntwo\n");
+    assert_eq!(s.exit_code.await.unwrap(), 0);
+    // Once it exited there is nothing to attach to.
+    env.wait_exited(&key, Duration::from_secs(10)).await;
+    assert!(env.rt.attach(&key, false).await.is_err());
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use kube::{Api, Client};
 use crate::image::{credentials_from_dockerconfigjson, ImageStore, PullPolicy, RegistryCredential};
 use crate::network::{HostPort, PodNet, PodNetRequest, PodNetwork, Protocol};
 use crate::runtime::{
-    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, StartRequest,
+    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, StartRequest, StdinMode,
 };
 use crate::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable};
 use plan::{Action, Attempt, AttemptState, Health, KillReason, Seen};
@@ -817,6 +817,10 @@ where
             spec: oci,
             image_rootfs: pulled.rootfs.clone(),
             log_path: self.log_path(pod, name, attempt),
+            stdin: StdinMode::of(
+                container.stdin.unwrap_or(false),
+                container.stdin_once.unwrap_or(false),
+            ),
         };
         events::record(
             &self.client,
