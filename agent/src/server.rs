@@ -1,5 +1,5 @@
 //! What the API server asks of this box, answered from the agent's own files and runtime:
-//! `pods/log` and `pods/exec`.
+//! `pods/log`, `pods/exec` and `pods/attach`.
 //!
 //! ```text
 //!  kith_api::nodes::NodeConnector::logs(target, query)
@@ -11,6 +11,7 @@
 //!        │ the newest Running attempt of the container (runtime.list())
 //!        ▼
 //!  ContainerRuntime::exec ─► stdin / stdout / stderr / exit code
+//!  ContainerRuntime::attach (an ExecTarget without a command) ─► live output, stdin
 //! ```
 //! The API server calls this in-process for the agent of `kith up`, and through the node's
 //! HTTPS port ([`crate::node_server`]) for agents on other boxes.
@@ -131,10 +132,15 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
     ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>> {
         let target = target.clone();
         Box::pin(async move {
-            // The runtime's exec has no terminal yet (it answers Unsupported); say so before
+            // The runtime has no terminals yet (exec answers Unsupported); say so before
             // the upgrade rather than after kubectl's SPDY retry.
             if target.tty {
-                return Err(exec_error(RuntimeError::Unsupported("exec with a tty")));
+                let what = if target.command.is_empty() {
+                    "attach with a tty"
+                } else {
+                    "exec with a tty"
+                };
+                return Err(exec_error(RuntimeError::Unsupported(what)));
             }
             self.exec_key(&target).await.map(drop)
         })
@@ -146,18 +152,26 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
     ) -> Pin<Box<dyn Future<Output = Result<ExecStreams, ApiError>> + Send + '_>> {
         Box::pin(async move {
             let key = self.exec_key(&target).await?;
-            let session = self
-                .runtime
-                .exec(
-                    &key,
-                    ExecRequest {
-                        command: target.command,
-                        tty: target.tty,
-                        stdin: target.stdin,
-                    },
-                )
-                .await
-                .map_err(exec_error)?;
+            let session = if target.command.is_empty() {
+                // pods/attach: no command, the container's own process.
+                if target.tty {
+                    return Err(exec_error(RuntimeError::Unsupported("attach with a tty")));
+                }
+                self.runtime.attach(&key, target.stdin).await
+            } else {
+                self.runtime
+                    .exec(
+                        &key,
+                        ExecRequest {
+                            command: target.command,
+                            tty: target.tty,
+                            stdin: target.stdin,
+                            timeout: None,
+                        },
+                    )
+                    .await
+            }
+            .map_err(exec_error)?;
             let exit_code = session.exit_code;
             Ok(ExecStreams {
                 stdin: session.stdin,
@@ -348,5 +362,58 @@ mod tests {
             assert_eq!(api.code(), code);
             assert!(api.to_string().contains(msg), "{api}");
         }
+    }
+
+    #[tokio::test]
+    async fn attach_targets_go_to_the_runtimes_attach() {
+        use crate::runtime::fake::{Call, ExecOutcome, FakeRuntime};
+        use tokio::io::AsyncReadExt;
+        let rt = Arc::new(FakeRuntime::new());
+        rt.insert(status("u", "c", 0, true));
+        rt.script_exec(
+            "c",
+            ExecOutcome {
+                stdout: b"live\n".to_vec(),
+                ..Default::default()
+            },
+        );
+        let node = LocalNode::new("n1".into(), PathBuf::from("/nonexistent"), rt.clone());
+        let target = ExecTarget {
+            pod: LogTarget {
+                namespace: "ns".into(),
+                pod: "p".into(),
+                uid: "u".into(),
+                node: "n1".into(),
+                container: "c".into(),
+            },
+            command: vec![],
+            stdin: true,
+            tty: false,
+        };
+        node.check(&target).await.unwrap();
+        let mut streams = node.exec(target.clone()).await.unwrap();
+        assert!(streams.stdin.is_some());
+        let mut out = String::new();
+        streams.stdout.read_to_string(&mut out).await.unwrap();
+        assert_eq!((out.as_str(), streams.exit_code.await), ("live\n", Ok(0)));
+        let key = ContainerKey {
+            pod_uid: "u".into(),
+            container: "c".into(),
+            attempt: 0,
+        };
+        assert!(rt.calls().contains(&Call::Attach(key, true)));
+        assert!(!rt.calls().iter().any(|c| matches!(c, Call::Exec(..))));
+
+        let tty = ExecTarget {
+            tty: true,
+            ..target
+        };
+        let err = node.check(&tty).await.unwrap_err();
+        assert_eq!(err.code(), 400);
+        assert!(
+            err.to_string()
+                .contains("attach with a tty is not supported"),
+            "{err}"
+        );
     }
 }

@@ -58,7 +58,8 @@ fn leaf(ca: &Ca, cn: &str, server: bool) -> Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// A node with one pod: fixed logs, an exec that echoes stdin and exits 7, fixed stats.
+/// A node with one pod: fixed logs, an exec that echoes stdin and exits 7 (an attach,
+/// with no command, says so on stderr and ends with 0), fixed stats.
 struct FakeNode;
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send + 'a>>;
@@ -89,20 +90,25 @@ impl NodeExec for FakeNode {
         })
     }
 
-    fn exec(&self, _target: ExecTarget) -> Fut<'_, ExecStreams> {
+    fn exec(&self, target: ExecTarget) -> Fut<'_, ExecStreams> {
+        let attach = target.command.is_empty();
         Box::pin(async move {
             let (stdin_w, mut stdin_r) = tokio::io::duplex(1024);
             let (mut out_w, out_r) = tokio::io::duplex(1024);
             let streams = ExecStreams {
                 stdin: Some(Box::pin(stdin_w)),
                 stdout: Box::pin(out_r),
-                stderr: Box::pin(std::io::Cursor::new(b"warn\n".to_vec())),
+                stderr: Box::pin(std::io::Cursor::new(if attach {
+                    b"attached\n".to_vec()
+                } else {
+                    b"warn\n".to_vec()
+                })),
                 exit_code: Box::pin(async move {
                     let mut got = Vec::new();
                     let _ = stdin_r.read_to_end(&mut got).await;
                     let _ = out_w.write_all(&got).await;
                     drop(out_w);
-                    Ok(7)
+                    Ok(if attach { 0 } else { 7 })
                 }),
             };
             Ok(streams)
@@ -215,6 +221,22 @@ async fn the_api_server_gets_logs_exec_and_stats() -> Result<()> {
     s.stderr.read_to_string(&mut err).await?;
     assert_eq!((out.as_str(), err.as_str()), ("echo me", "warn\n"));
     assert_eq!(s.exit_code.await, Ok(7));
+
+    // pods/attach crosses the hop as a target without a command.
+    let attach = ExecTarget {
+        command: vec![],
+        ..exec("web")
+    };
+    api.check(node.addr, &attach).await?;
+    let mut s = api.exec(node.addr, attach).await?;
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"typed").await?;
+    stdin.shutdown().await?;
+    let (mut out, mut err) = (String::new(), String::new());
+    s.stdout.read_to_string(&mut out).await?;
+    s.stderr.read_to_string(&mut err).await?;
+    assert_eq!((out.as_str(), err.as_str()), ("typed", "attached\n"));
+    assert_eq!(s.exit_code.await, Ok(0));
 
     let stats = api.stats(node.addr).await?;
     assert_eq!(stats.nodes.len(), 1);

@@ -166,6 +166,10 @@ impl Env {
             spec: spec::build(&input).unwrap(),
             image_rootfs: self.image.clone(),
             log_path: self.logs.join(name).join("0.log"),
+            stdin: kith_agent::runtime::StdinMode::of(
+                container.stdin.unwrap_or(false),
+                container.stdin_once.unwrap_or(false),
+            ),
         }
     }
 
@@ -448,6 +452,7 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
                 command,
                 tty: false,
                 stdin: true,
+                timeout: None,
             },
         )
         .await
@@ -476,6 +481,7 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
                 command,
                 tty: false,
                 stdin: false,
+                timeout: None,
             },
         )
         .await
@@ -487,6 +493,145 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
         kith_agent::runtime::shim::EXEC_START_FAILED
     );
     assert!(err.contains("no-such-command"), "stderr: {err}");
+}
+
+/// Processes (pid) whose command line is exactly `words`.
+fn processes_running(words: &[&str]) -> Vec<String> {
+    let want: Vec<u8> = words
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn exec_probes_run_in_the_container_and_time_out_without_leftovers() {
+    use kith_agent::sync::probe::exec_probe;
+    let mut env = Env::new();
+    let req = env.request("probed", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let cmd = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+    let enough = Duration::from_secs(5);
+
+    let healthy = cmd(&["cat", "/tmp/healthy"]);
+    assert!(exec_probe(&env.rt, &key, &healthy, enough).await.is_err());
+    let touch = cmd(&["sh", "-c", "echo ok > /tmp/healthy"]);
+    assert_eq!(exec_probe(&env.rt, &key, &touch, enough).await, Ok(()));
+    assert_eq!(exec_probe(&env.rt, &key, &healthy, enough).await, Ok(()));
+    let remove = cmd(&["rm", "/tmp/healthy"]);
+    assert_eq!(exec_probe(&env.rt, &key, &remove, enough).await, Ok(()));
+    let err = exec_probe(&env.rt, &key, &healthy, enough)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err, "cat: can't open '/tmp/healthy': No such file or directory",
+        "the command's output is the message"
+    );
+    let silent = cmd(&["sh", "-c", "exit 7"]);
+    assert_eq!(
+        exec_probe(&env.rt, &key, &silent, enough).await,
+        Err("command \"sh -c exit 7\" exited with code 7".into())
+    );
+
+    // Out of time: the shell, its background child and its foreground child all go.
+    // Durations no other test uses, so the processes can be found by command line.
+    let n = std::process::id() % 10_000;
+    let (bg, fg) = ((40_000 + n).to_string(), (60_000 + n).to_string());
+    let script = format!("sleep {bg} & sleep {fg}");
+    let slow = cmd(&["sh", "-c", &script]);
+    let started = Instant::now();
+    assert_eq!(
+        exec_probe(&env.rt, &key, &slow, Duration::from_secs(1)).await,
+        Err(format!("command \"sh -c {script}\" timed out"))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = [
+            processes_running(&["sleep", &bg]),
+            processes_running(&["sleep", &fg]),
+            processes_running(&["sh", "-c", &script]),
+        ]
+        .concat();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The container itself still runs.
+    assert!(matches!(
+        env.state(&key).await,
+        ContainerState::Running { .. }
+    ));
+}
+
+#[tokio::test]
+async fn attach_forwards_stdin_and_streams_live_output() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    // stdin + stdinOnce: the container waits on its stdin, which the shim holds open.
+    let req = env.request_with(
+        "talk",
+        json!({
+            "command": ["sh", "-c", "read line; echo got $line; echo bye >&2"],
+            "stdin": true,
+            "stdinOnce": true,
+        }),
+        BTreeMap::new(),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    // The container must still be waiting: nothing closed its stdin.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(
+        env.state(&key).await,
+        ContainerState::Running { .. }
+    ));
+    let mut s = env.rt.attach(&key, true).await.unwrap();
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got hello\n", "bye\n"));
+    assert_eq!(s.exit_code.await.unwrap(), 0);
+    let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
+    assert_eq!(code, 0);
+    assert!(env.log("talk").contains("got hello"), "{}", env.log("talk"));
+
+    // Without stdin: attach still streams what the container prints from then on.
+    let req = env.request(
+        "chatty",
+        &["sh", "-c", "sleep 2; echo one; echo two"],
+        json!({}),
+    );
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let mut s = env.rt.attach(&key, false).await.unwrap();
+    assert!(s.stdin.is_none());
+    let mut out = String::new();
+    s.stdout.read_to_string(&mut out).await.unwrap();
+    assert_eq!(out, "one\ntwo\n");
+    assert_eq!(s.exit_code.await.unwrap(), 0);
+    // Once it exited there is nothing to attach to.
+    env.wait_exited(&key, Duration::from_secs(10)).await;
+    assert!(env.rt.attach(&key, false).await.is_err());
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! `kubectl exec` through the API server: the query, the websocket handshake, the channel
-//! framing of the Kubernetes streaming protocols, and the pump between the websocket and the
-//! node's process.
+//! `kubectl exec` and `kubectl attach` through the API server: the query, the websocket
+//! handshake, the channel framing of the Kubernetes streaming protocols, and the pump
+//! between the websocket and the node's process (or, for attach, the container's own).
 //!
 //! ```text
 //!  GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec?command=..&stdin=..&tty=..
@@ -80,6 +80,8 @@ impl ExecQuery {
 pub struct ExecTarget {
     /// The pod, its node and the chosen container.
     pub pod: LogTarget,
+    /// The command to start; empty for `pods/attach`, which joins the container's own
+    /// process (an exec always has one: [`ExecQuery::parse`] insists).
     pub command: Vec<String>,
     pub stdin: bool,
     pub tty: bool,

@@ -175,7 +175,8 @@ impl<S: ObjectStore> ApiService<S> {
         let _ = self.exec.set(exec);
     }
 
-    /// `GET|POST pods/{name}/exec`: every error is answered before the websocket upgrade;
+    /// `GET|POST pods/{name}/exec` and `pods/{name}/attach`: every error is answered before
+    /// the websocket upgrade;
     /// after it, [`crate::exec::pump`] carries the session.
     async fn pod_exec<B>(
         &self,
@@ -183,13 +184,12 @@ impl<S: ObjectStore> ApiService<S> {
         r: &ResourceRoute,
     ) -> Result<Response<Body>, ApiError> {
         use crate::exec;
-        if r.subresource.as_deref() == Some("attach") {
-            // The shim owns the main process's stdio and offers no way to join it yet.
-            return Err(ApiError::BadRequest(
-                "attach is not supported by kith nodes yet; use exec".into(),
-            ));
+        let attach = r.subresource.as_deref() == Some("attach");
+        let mut q = exec::ExecQuery::parse(req.uri().query().unwrap_or_default(), attach)?;
+        if attach {
+            // An attach target is an exec target without a command (see ExecTarget).
+            q.command.clear();
         }
-        let q = exec::ExecQuery::parse(req.uri().query().unwrap_or_default(), false)?;
         let name = r.name.as_deref().unwrap_or_default();
         let pod = self
             .api

@@ -25,7 +25,7 @@ use jiff::Timestamp;
 
 use super::{
     ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, ExecRequest, ExecSession,
-    ExitReason, Result, RuntimeError, StartRequest,
+    ExitReason, Result, RuntimeError, StartRequest, StdinMode,
 };
 
 /// One call the fake received, in order.
@@ -36,6 +36,7 @@ pub enum Call {
     Stop(ContainerKey, Duration),
     Remove(ContainerKey),
     Exec(ContainerKey, Vec<String>),
+    Attach(ContainerKey, bool),
 }
 
 /// What the next exec in a container (by name) prints and returns.
@@ -44,6 +45,8 @@ pub struct ExecOutcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub exit_code: i32,
+    /// The exec outlives its timeout: its exit resolves to `ExecTimeout`.
+    pub timed_out: bool,
 }
 
 /// What the next start of a container (by name) does.
@@ -94,6 +97,7 @@ impl FakeRuntime {
             key,
             spec: oci_spec::runtime::Spec::default(),
             image_rootfs: PathBuf::from("/fake/image"),
+            stdin: StdinMode::Null,
         }
     }
 
@@ -120,7 +124,8 @@ impl FakeRuntime {
             .push_back(outcome);
     }
 
-    /// Makes the next call of `op` ("start", "list", "stop", "remove" or "exec") fail with `message`.
+    /// Makes the next call of `op` ("start", "list", "stop", "remove", "exec" or "attach")
+    /// fail with `message`.
     pub fn fail_next(&self, op: &'static str, message: &str) {
         self.lock()
             .failures
@@ -251,6 +256,33 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    /// Plays back the container's scripted exec outcomes as its output; stdin is
+    /// swallowed.
+    async fn attach(&self, key: &ContainerKey, stdin: bool) -> Result<ExecSession> {
+        let mut inner = self.lock();
+        inner.calls.push(Call::Attach(key.clone(), stdin));
+        if let Some(e) = Self::take_failure(&mut inner, "attach") {
+            return Err(e);
+        }
+        if !matches!(
+            inner.containers.get(key).map(|s| &s.state),
+            Some(ContainerState::Running { .. })
+        ) {
+            return Err(RuntimeError::NotFound(key.dir_name()));
+        }
+        let outcome = inner
+            .execs
+            .get_mut(&key.container)
+            .and_then(|q| q.pop_front())
+            .unwrap_or_default();
+        Ok(ExecSession {
+            stdin: stdin.then(|| Box::pin(tokio::io::sink()) as _),
+            stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
+            stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
+            exit_code: Box::pin(std::future::ready(Ok(0))),
+        })
+    }
+
     async fn exec(&self, key: &ContainerKey, req: ExecRequest) -> Result<ExecSession> {
         let mut inner = self.lock();
         inner
@@ -279,7 +311,11 @@ impl ContainerRuntime for FakeRuntime {
             stdin,
             stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
             stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
-            exit_code: Box::pin(std::future::ready(Ok(outcome.exit_code))),
+            exit_code: Box::pin(std::future::ready(if outcome.timed_out {
+                Err(RuntimeError::ExecTimeout(req.timeout.unwrap_or_default()))
+            } else {
+                Ok(outcome.exit_code)
+            })),
         })
     }
 }
@@ -343,12 +379,14 @@ mod tests {
                 stdout: b"hi\n".to_vec(),
                 stderr: vec![],
                 exit_code: 3,
+                timed_out: false,
             },
         );
         let req = ExecRequest {
             command: vec!["echo".into()],
             tty: false,
             stdin: false,
+            timeout: None,
         };
         assert!(
             rt.exec(&key("web"), req.clone()).await.is_err(),

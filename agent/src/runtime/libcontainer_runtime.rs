@@ -191,6 +191,21 @@ fn signal(p: &Pids, sig: Signal) {
     }
 }
 
+/// Exec and attach need the container's process.
+fn require_running(dir: &Path, key: &ContainerKey) -> Result<()> {
+    match read_status(dir)? {
+        Some(ContainerStatus {
+            state: ContainerState::Running { .. },
+            ..
+        }) => Ok(()),
+        Some(_) => Err(RuntimeError::Sys(format!(
+            "container {} is not running",
+            key.dir_name()
+        ))),
+        None => Err(RuntimeError::NotFound(key.dir_name())),
+    }
+}
+
 /// What the files in one state directory say; `None` when it holds no container yet.
 fn read_status(dir: &Path) -> Result<Option<ContainerStatus>> {
     let Some(meta): Option<Meta> =
@@ -321,6 +336,7 @@ fn prepare_inner(config: &RuntimeConfig, dir: &Path, req: &StartRequest) -> Resu
         image_rootfs: req.image_rootfs.clone(),
         log_path: req.log_path.clone(),
         log_max_bytes: config.log_max_bytes,
+        stdin: req.stdin,
     };
     state::write_json(&dir.join(state::META), &meta).map_err(io_err("write meta.json"))?;
     Ok(())
@@ -490,6 +506,13 @@ impl ContainerRuntime for LibcontainerRuntime {
         Ok(())
     }
 
+    async fn attach(&self, key: &ContainerKey, stdin: bool) -> Result<ExecSession> {
+        key.validate()?;
+        let dir = self.container_dir(key);
+        require_running(&dir, key)?;
+        super::attach::connect(&dir, stdin).await
+    }
+
     async fn exec(&self, key: &ContainerKey, req: ExecRequest) -> Result<ExecSession> {
         key.validate()?;
         if req.tty {
@@ -499,23 +522,16 @@ impl ContainerRuntime for LibcontainerRuntime {
             return Err(RuntimeError::Spec("exec needs a command".into()));
         }
         let dir = self.container_dir(key);
-        match read_status(&dir)? {
-            Some(ContainerStatus {
-                state: ContainerState::Running { .. },
-                ..
-            }) => {}
-            Some(_) => {
-                return Err(RuntimeError::Sys(format!(
-                    "container {} is not running",
-                    key.dir_name()
-                )))
-            }
-            None => return Err(RuntimeError::NotFound(key.dir_name())),
+        require_running(&dir, key)?;
+        let mut cmd = tokio::process::Command::new(&self.config.shim_binary);
+        cmd.arg("shim").arg("exec").arg(&dir);
+        if let Some(t) = req.timeout {
+            // The helper enforces the deadline itself (see shim::exec): it can kill the
+            // command's process group, which the agent cannot name.
+            cmd.arg("--timeout-ms")
+                .arg(t.as_millis().max(1).to_string());
         }
-        let mut child = tokio::process::Command::new(&self.config.shim_binary)
-            .arg("shim")
-            .arg("exec")
-            .arg(&dir)
+        let mut child = cmd
             .arg("--")
             .args(&req.command)
             // The helper's stderr is the session's: its own logging must stay quiet.
@@ -533,12 +549,19 @@ impl ContainerRuntime for LibcontainerRuntime {
         let stdin = child.stdin.take().map(|s| Box::pin(s) as _);
         let stdout = Box::pin(child.stdout.take().expect("stdout is piped"));
         let stderr = Box::pin(child.stderr.take().expect("stderr is piped"));
+        let timeout = req.timeout;
         let exit_code = Box::pin(async move {
             let status = child.wait().await.map_err(io_err("wait for shim exec"))?;
             use std::os::unix::process::ExitStatusExt;
-            Ok(status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+            match (status.signal(), timeout) {
+                // The helper's own way of saying it killed the command at the deadline.
+                (Some(sig), Some(t)) if sig == Signal::SIGALRM as i32 => {
+                    Err(RuntimeError::ExecTimeout(t))
+                }
+                _ => Ok(status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))),
+            }
         });
         Ok(ExecSession {
             stdin,

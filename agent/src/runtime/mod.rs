@@ -4,7 +4,7 @@
 //! [`logs`] reads them for `kubectl logs`).
 //!
 //! ```text
-//!  sync loop ──► ContainerRuntime::{start, list, stop, remove, exec}
+//!  sync loop ──► ContainerRuntime::{start, list, stop, remove, exec, attach}
 //!                    │ LibcontainerRuntime (in the agent, async, no libcontainer calls)
 //!                    │   overlay rootfs, config.json, meta.json in a state dir
 //!                    ▼
@@ -14,6 +14,7 @@
 //! Containers outlive the agent: everything `list` needs is in the state directories, so
 //! a new agent process re-adopts what an earlier one started.
 
+pub mod attach;
 pub mod crilog;
 mod libcontainer_runtime;
 pub mod logs;
@@ -32,6 +33,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use attach::StdinMode;
 pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeConfig};
 
 /// One run of one container of one pod. `attempt` grows with each restart, so every run
@@ -127,6 +129,8 @@ pub struct StartRequest {
     pub image_rootfs: PathBuf,
     /// Where the CRI log goes, e.g. /var/log/pods/<ns>_<pod>_<uid>/<container>/<attempt>.log.
     pub log_path: PathBuf,
+    /// Whether the container gets a stdin pipe that attach sessions write to.
+    pub stdin: StdinMode,
 }
 
 /// A command to run inside a running container (`kubectl exec`, exec probes).
@@ -137,6 +141,9 @@ pub struct ExecRequest {
     pub tty: bool,
     /// Whether the caller will write to the process's stdin (otherwise it reads /dev/null).
     pub stdin: bool,
+    /// Kill the process (and its process group) once it has run this long; its exit then
+    /// resolves to [`RuntimeError::ExecTimeout`]. Exec probes set it; `kubectl exec` does not.
+    pub timeout: Option<Duration>,
 }
 
 /// A running exec: the process's stdio and its exit code.
@@ -182,6 +189,9 @@ pub enum RuntimeError {
     Spec(String),
     #[error("not supported: {0}")]
     Unsupported(&'static str),
+    /// An exec outlived its [`ExecRequest::timeout`] and was killed.
+    #[error("exec timed out after {0:?}")]
+    ExecTimeout(Duration),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
@@ -206,5 +216,13 @@ pub trait ContainerRuntime: Send + Sync {
         &self,
         key: &ContainerKey,
         req: ExecRequest,
+    ) -> impl Future<Output = Result<ExecSession>> + Send;
+    /// Joins the running container's main process (`kubectl attach`): its live output and,
+    /// with `stdin`, its input. The session's exit code is 0 once the container let go;
+    /// dropping the session ends it, never the container.
+    fn attach(
+        &self,
+        key: &ContainerKey,
+        stdin: bool,
     ) -> impl Future<Output = Result<ExecSession>> + Send;
 }

@@ -4,7 +4,8 @@
 //!  agent ──spawn──► kith shim run <dir>      (setsid; single-threaded)
 //!                     │ libcontainer create+start (init reads config.json in <dir>)
 //!                     │ stdout line "started <pid>" / "failed <why>" → agent, then /dev/null
-//!                     │ copy container stdout/stderr → CRI log (rotating)
+//!                     │ copy container stdout/stderr → CRI log (rotating) + attach clients
+//!                     │ attach.sock: live output out, stdin in (runtime::attach)
 //!                     │ waitpid(container) → exit.json (code, signal, OOMKilled)
 //!                     ▼ exit
 //!  agent ──spawn──► kith shim delete <dir>   (libcontainer delete --force)
@@ -17,6 +18,7 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use libcontainer::container::builder::ContainerBuilder;
@@ -24,12 +26,17 @@ use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::attach::{self, Hub, Slot};
 use super::crilog::{format_line, LineSplitter, RotatingWriter, Stream, MAX_LINE};
 use super::state::{self, Exit, Meta, Pids};
-use super::ExitReason;
+use super::{ExitReason, StdinMode};
+
+/// How long attach clients may take to receive the last output once the container ended.
+const ATTACH_FLUSH: Duration = Duration::from_secs(1);
 
 /// Entry point for `kith shim <args>`; returns the process exit code.
 pub fn main(args: Vec<String>) -> i32 {
@@ -39,7 +46,21 @@ pub fn main(args: Vec<String>) -> i32 {
         ["exec", dir, "--", command @ ..] if !command.is_empty() => exec(
             Path::new(dir),
             command.iter().map(|s| s.to_string()).collect(),
+            None,
         ),
+        ["exec", dir, "--timeout-ms", ms, "--", command @ ..] if !command.is_empty() => {
+            match ms.parse::<u64>() {
+                Ok(ms) => exec(
+                    Path::new(dir),
+                    command.iter().map(|s| s.to_string()).collect(),
+                    Some(Duration::from_millis(ms)),
+                ),
+                Err(e) => {
+                    eprintln!("kith shim exec: --timeout-ms {ms:?}: {e}");
+                    2
+                }
+            }
+        }
         ["delete", dir] => match delete(Path::new(dir)) {
             Ok(()) => 0,
             Err(e) => {
@@ -49,7 +70,7 @@ pub fn main(args: Vec<String>) -> i32 {
         },
         _ => {
             eprintln!(
-                "usage: kith shim run <dir> | kith shim exec <dir> -- <command>... | kith shim delete <dir>"
+                "usage: kith shim run <dir> | kith shim exec <dir> [--timeout-ms N] -- <command>... | kith shim delete <dir>"
             );
             2
         }
@@ -101,7 +122,22 @@ fn run(dir: &Path) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(format!("cannot open log {}: {e}", meta.log_path.display())),
     };
-    let (pipes, container) = match create_and_start(dir) {
+    // The container's stdin: a pipe whose write end the attach hub keeps, or /dev/null
+    // (the shim's own stdin, from the agent).
+    let (stdin_r, stdin_w) = match meta.stdin {
+        StdinMode::Null => (None, None),
+        StdinMode::Open | StdinMode::Once => match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+            Ok((r, w)) => (Some(r), Some(w)),
+            Err(e) => return fail(format!("stdin pipe: {e}")),
+        },
+    };
+    // Bound before the container starts, so attach works as soon as the agent hears
+    // "started".
+    let mut hub = match Hub::bind(dir, stdin_w, meta.stdin == StdinMode::Once) {
+        Ok(h) => Some(h),
+        Err(e) => return fail(format!("cannot listen for attach: {e}")),
+    };
+    let (pipes, container) = match create_and_start(dir, stdin_r) {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -124,7 +160,7 @@ fn run(dir: &Path) -> i32 {
     }
     report(&format!("started {pid}"));
 
-    let status = copy_until_exit(pid, pipes, &mut log);
+    let status = copy_until_exit(pid, pipes, &mut log, &mut hub);
     let (exit_code, signal) = match status {
         WaitStatus::Exited(_, code) => (code, None),
         WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
@@ -147,18 +183,23 @@ fn run(dir: &Path) -> i32 {
         finished_at: Timestamp::now(),
     };
     tracing::info!(?exit, "container exited");
-    match state::write_json(&dir.join(state::EXIT), &exit) {
+    let code = match state::write_json(&dir.join(state::EXIT), &exit) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(%e, "cannot record exit");
             1
         }
+    };
+    // Attach sessions end after the exit is on record.
+    if let Some(hub) = hub {
+        hub.finish(ATTACH_FLUSH);
     }
+    code
 }
 
 type Pipes = [(OwnedFd, Stream); 2];
 
-fn create_and_start(dir: &Path) -> Result<(Pipes, Container), String> {
+fn create_and_start(dir: &Path, stdin: Option<OwnedFd>) -> Result<(Pipes, Container), String> {
     let id = container_id(dir);
     let lc_root = dir.join(state::LC_ROOT);
     std::fs::create_dir_all(&lc_root)
@@ -169,7 +210,13 @@ fn create_and_start(dir: &Path) -> Result<(Pipes, Container), String> {
     // ends see EOF once the container's processes are gone.
     let mut container = ContainerBuilder::new(id, SyscallType::Linux)
         .with_root_path(&lc_root)
-        .and_then(|b| b.with_stdout(out_w).with_stderr(err_w).validate_id())
+        .and_then(|b| {
+            let b = match stdin {
+                Some(fd) => b.with_stdin(fd),
+                None => b,
+            };
+            b.with_stdout(out_w).with_stderr(err_w).validate_id()
+        })
         .and_then(|b| b.as_init(dir).with_systemd(false).with_detach(true).build())
         .map_err(|e| describe(&e))?;
     container.start().map_err(|e| describe(&e))?;
@@ -194,9 +241,15 @@ fn describe(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Copies output to the log while the container runs; returns its wait status once it
-/// exited and the pipes are drained.
-fn copy_until_exit(pid: Pid, pipes: Pipes, log: &mut RotatingWriter) -> WaitStatus {
+/// Copies output to the log (and to attached clients) while the container runs, and
+/// serves the attach hub; returns the container's wait status once it exited and the
+/// pipes are drained.
+fn copy_until_exit(
+    pid: Pid,
+    pipes: Pipes,
+    log: &mut RotatingWriter,
+    hub: &mut Option<Hub>,
+) -> WaitStatus {
     let mut open: Vec<(OwnedFd, Stream, LineSplitter)> = pipes
         .into_iter()
         .map(|(fd, s)| (fd, s, LineSplitter::new(MAX_LINE)))
@@ -230,20 +283,35 @@ fn copy_until_exit(pid: Pid, pipes: Pipes, log: &mut RotatingWriter) -> WaitStat
         } else {
             PollTimeout::from(200u16)
         };
-        let ready: Vec<bool> = {
+        let (ready, hub_events): (Vec<bool>, Vec<(Slot, PollFlags)>) = {
             let mut fds: Vec<PollFd> = open
                 .iter()
                 .map(|(fd, _, _)| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
                 .collect();
+            let slots = hub.as_ref().map(Hub::slots).unwrap_or_default();
+            fds.extend(slots.iter().map(|(_, f)| *f));
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) => fds
-                    .iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
+                Ok(_) => {
+                    let (pipes, rest) = fds.split_at(open.len());
+                    (
+                        pipes
+                            .iter()
+                            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                            .collect(),
+                        slots
+                            .iter()
+                            .zip(rest)
+                            .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+                            .collect(),
+                    )
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => vec![true; open.len()],
+                Err(_) => (vec![true; open.len()], Vec::new()),
             }
         };
+        if let Some(h) = hub.as_mut() {
+            h.ready(&hub_events);
+        }
         if exited.is_some() && !ready.iter().any(|r| *r) {
             for (_, stream, splitter) in open.iter_mut() {
                 flush_rest(*stream, splitter, log);
@@ -262,6 +330,13 @@ fn copy_until_exit(pid: Pid, pipes: Pipes, log: &mut RotatingWriter) -> WaitStat
                     closed.push(i);
                 }
                 Ok(n) => {
+                    if let Some(h) = hub.as_mut() {
+                        let channel = match stream {
+                            Stream::Stdout => attach::STDOUT,
+                            Stream::Stderr => attach::STDERR,
+                        };
+                        h.broadcast(channel, &buf[..n]);
+                    }
                     let now = Timestamp::now();
                     for (line, tag) in splitter.push(&buf[..n]) {
                         write_log(log, &format_line(now, *stream, tag, &line));
@@ -329,7 +404,15 @@ pub const EXEC_START_FAILED: i32 = 126;
 
 /// Runs `command` inside the running container with this helper's stdin, stdout and
 /// stderr (the agent holds the other ends), waits for it and exits with its code.
-fn exec(dir: &Path, command: Vec<String>) -> i32 {
+///
+/// With a `timeout`, a command still running at the deadline is killed with its whole
+/// process group (libcontainer makes the exec'd process a session leader, so a shell's
+/// children go too), reaped, and the helper then ends itself with SIGALRM: the one way
+/// it can say "timed out" that no exit code of the command can be mistaken for. Killing
+/// here rather than in the agent means nothing is left behind in the container even if
+/// the agent is gone by then.
+fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
+    let deadline = timeout.map(|t| Instant::now() + t);
     let lc_root = dir.join(state::LC_ROOT);
     let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
         .with_root_path(&lc_root)
@@ -348,7 +431,21 @@ fn exec(dir: &Path, command: Vec<String>) -> i32 {
             return EXEC_START_FAILED;
         }
     };
-    match waitpid(pid, None) {
+    let status = match deadline {
+        None => waitpid(pid, None),
+        Some(deadline) => match wait_until(pid, deadline) {
+            Some(status) => status,
+            None => {
+                let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                let _ = nix::sys::signal::raise(Signal::SIGALRM);
+                // Only reached if SIGALRM is ignored: still a failure, never a success.
+                return 128 + Signal::SIGKILL as i32;
+            }
+        },
+    };
+    match status {
         Ok(WaitStatus::Exited(_, code)) => code,
         Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
         Ok(other) => {
@@ -359,6 +456,25 @@ fn exec(dir: &Path, command: Vec<String>) -> i32 {
             eprintln!("kith: waitpid: {e}");
             255
         }
+    }
+}
+
+/// Waits for `pid` to end until `deadline`; `None` if it still runs then. Polls with a
+/// growing step (1 ms to 50 ms): the helper is single-threaded and blocks no signals
+/// (its child would inherit the mask), so there is no timed wait to lean on.
+fn wait_until(pid: Pid, deadline: Instant) -> Option<nix::Result<WaitStatus>> {
+    let mut step = Duration::from_millis(1);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            other => return Some(other),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::sleep(step.min(deadline - now));
+        step = (step * 2).min(Duration::from_millis(50));
     }
 }
 

@@ -10,6 +10,7 @@
 //!     pids.json     written by the shim once the container runs
 //!     exit.json     written by the shim after reaping the container
 //!     shim.log      the shim's stderr
+//!     attach.sock   the shim's socket for attach clients (see [`super::attach`])
 //! ```
 //! Files are written to a temporary name then renamed, so a reader sees all or nothing.
 
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{ContainerKey, ExitReason};
+use super::{ContainerKey, ExitReason, StdinMode};
 
 pub const META: &str = "meta.json";
 pub const CONFIG: &str = "config.json";
@@ -39,6 +40,9 @@ pub struct Meta {
     pub log_path: PathBuf,
     /// Rotate the log file once it grows beyond this many bytes.
     pub log_max_bytes: u64,
+    /// The container's stdin (absent in state written before attach existed).
+    #[serde(default)]
+    pub stdin: StdinMode,
 }
 
 /// A process identity that survives pid reuse: the pid plus its start time in clock

@@ -34,7 +34,7 @@ use kube::{Api, Client};
 use crate::image::{credentials_from_dockerconfigjson, ImageStore, PullPolicy, RegistryCredential};
 use crate::network::{HostPort, PodNet, PodNetRequest, PodNetwork, Protocol};
 use crate::runtime::{
-    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, StartRequest,
+    ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, StartRequest, StdinMode,
 };
 use crate::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable};
 use plan::{Action, Attempt, AttemptState, Health, KillReason, Seen};
@@ -301,11 +301,11 @@ where
         // Probes run only for running containers of a pod that is not being deleted.
         let (liveness_failed, ready) = match (pod, &net) {
             (Some(p), Some(n)) if p.metadata.deletion_timestamp.is_none() => {
-                let running: Vec<(String, u32, Timestamp)> = attempts
+                let running: Vec<(ContainerKey, Timestamp)> = attempts
                     .iter()
                     .filter_map(|s| match &s.state {
                         ContainerState::Running { started_at, .. } => {
-                            Some((s.key.container.clone(), s.key.attempt, *started_at))
+                            Some((s.key.clone(), *started_at))
                         }
                         _ => None,
                     })
@@ -314,7 +314,7 @@ where
                     let mut memos = self.memos.lock().expect("memo lock");
                     std::mem::take(&mut memos.entry(uid.to_string()).or_default().probes)
                 };
-                let outcome = probes.run(p, n.ip, &running, now).await;
+                let outcome = probes.run(p, n.ip, &self.runtime, &running, now).await;
                 for (container, message) in &outcome.unhealthy_events {
                     events::record(
                         &self.client,
@@ -817,6 +817,10 @@ where
             spec: oci,
             image_rootfs: pulled.rootfs.clone(),
             log_path: self.log_path(pod, name, attempt),
+            stdin: StdinMode::of(
+                container.stdin.unwrap_or(false),
+                container.stdin_once.unwrap_or(false),
+            ),
         };
         events::record(
             &self.client,

@@ -1,0 +1,537 @@
+//! Attaching to a container's main process (`kubectl attach`, `kubectl run -i`). The shim
+//! holds the container's stdio, so the shim serves attach clients, on a Unix socket in the
+//! container's state directory.
+//!
+//! ```text
+//!  agent: connect() ──► <dir>/attach.sock ◄── shim: Hub (in its single-threaded poll loop)
+//!    hello byte:      b'1' (will send stdin) | b'0' (output only)
+//!    agent ──► shim:  raw stdin bytes; EOF = done with stdin (closes it for stdinOnce)
+//!    shim ──► agent:  frames [stream: 1 stdout | 2 stderr][length: u32 BE][bytes]
+//! ```
+//! The shim closes every client once the container exited and its output was sent. The
+//! container's stdin (when the pod asks for one) is a pipe whose write end the shim keeps
+//! open, so the container sees no end of input between attach sessions.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{ExecSession, Result};
+
+/// The socket's name in the container's state directory.
+pub const SOCKET: &str = "attach.sock";
+pub const STDOUT: u8 = 1;
+pub const STDERR: u8 = 2;
+/// The client's first byte: it will send stdin, or only reads output.
+pub const HELLO_STDIN: u8 = b'1';
+pub const HELLO_OUTPUT: u8 = b'0';
+/// Output a client may fall behind by before the shim drops it: a stuck client must never
+/// stall the container's output or its log.
+const CLIENT_BACKLOG: usize = 4 << 20;
+/// Input waiting for the container to read it; beyond this, clients are not read.
+const STDIN_BACKLOG: usize = 1 << 20;
+
+/// The container's stdin, from the pod's `stdin` / `stdinOnce`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdinMode {
+    /// /dev/null, as for any container that does not ask for stdin.
+    #[default]
+    Null,
+    /// A pipe that stays open across attach sessions.
+    Open,
+    /// A pipe closed after the first attach session that wrote to it ends.
+    Once,
+}
+
+impl StdinMode {
+    /// From a container's `stdin` and `stdinOnce`.
+    pub fn of(stdin: bool, once: bool) -> StdinMode {
+        match (stdin, once) {
+            (false, _) => StdinMode::Null,
+            (true, false) => StdinMode::Open,
+            (true, true) => StdinMode::Once,
+        }
+    }
+}
+
+/// The socket's path through an open handle on the state directory: a Unix socket path
+/// must fit in 108 bytes, a state directory's path need not.
+fn socket_path(dir: &std::fs::File) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd()))
+}
+
+/// One output frame.
+pub fn encode(stream: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(5 + data.len());
+    f.push(stream);
+    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
+/// Splits a byte stream back into the frames [`encode`] made.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    /// Adds `bytes`; returns every frame now complete, in order.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while self.buf.len() - at >= 5 {
+            let len = u32::from_be_bytes(self.buf[at + 1..at + 5].try_into().expect("4 bytes"));
+            let end = at + 5 + len as usize;
+            if self.buf.len() < end {
+                break;
+            }
+            frames.push((self.buf[at], self.buf[at + 5..end].to_vec()));
+            at = end;
+        }
+        self.buf.drain(..at);
+        frames
+    }
+}
+
+/// Joins the container whose state directory is `dir`: its live output and, with
+/// `stdin`, its input. The session's exit resolves (to 0) when the shim lets go, i.e.
+/// once the container exited; dropping it ends the session, not the container.
+pub async fn connect(dir: &Path, stdin: bool) -> Result<ExecSession> {
+    let err = super::io_err("attach to the container's shim");
+    let handle = std::fs::File::open(dir).map_err(super::io_err("open the state directory"))?;
+    let mut sock = tokio::net::UnixStream::connect(socket_path(&handle))
+        .await
+        .map_err(super::io_err("attach to the container's shim"))?;
+    drop(handle);
+    let hello = if stdin { HELLO_STDIN } else { HELLO_OUTPUT };
+    sock.write_all(&[hello]).await.map_err(err)?;
+    let (mut rd, wr) = sock.into_split();
+    let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
+    let (mut err_w, err_r) = tokio::io::duplex(64 * 1024);
+    let pump = tokio::spawn(async move {
+        let mut decoder = Decoder::default();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            for (stream, data) in decoder.push(&buf[..n]) {
+                let w = if stream == STDERR {
+                    &mut err_w
+                } else {
+                    &mut out_w
+                };
+                // A reader that went away only loses its own stream.
+                let _ = w.write_all(&data).await;
+            }
+        }
+    });
+    let abort = pump.abort_handle();
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Ok(ExecSession {
+        // Without stdin the write half goes now: the shim reads that as "no input".
+        stdin: stdin.then(|| Box::pin(wr) as _),
+        stdout: Box::pin(out_r),
+        stderr: Box::pin(err_r),
+        exit_code: Box::pin(async move {
+            let _abort = AbortOnDrop(abort);
+            let _ = pump.await;
+            Ok(0)
+        }),
+    })
+}
+
+/// What a poll slot of the hub is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Listener,
+    Stdin,
+    Client(usize),
+}
+
+struct Client {
+    stream: UnixStream,
+    /// Its hello: `Some(true)` when it sends stdin. `None` until the first byte.
+    stdin: Option<bool>,
+    /// Still reading from it (it has not shut down its side).
+    reading: bool,
+    out: Vec<u8>,
+}
+
+/// The shim's side: the listening socket, the attached clients, the container's stdin.
+/// Everything is non-blocking; the shim's poll loop drives it through [`Hub::slots`] and
+/// [`Hub::ready`].
+pub struct Hub {
+    listener: Option<UnixListener>,
+    clients: Vec<Client>,
+    stdin: Option<OwnedFd>,
+    once: bool,
+    /// Close stdin once `pending` is written (stdinOnce and its session ended).
+    closing: bool,
+    pending: Vec<u8>,
+}
+
+impl Hub {
+    /// Listens on `<dir>/attach.sock` (mode 0600). `stdin` is the write end of the
+    /// container's stdin pipe, if it has one.
+    pub fn bind(dir: &Path, stdin: Option<OwnedFd>, once: bool) -> io::Result<Hub> {
+        let handle = std::fs::File::open(dir)?;
+        let path = socket_path(&handle);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(&path)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        listener.set_nonblocking(true)?;
+        if let Some(fd) = &stdin {
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags =
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        }
+        Ok(Hub {
+            listener: Some(listener),
+            clients: Vec::new(),
+            stdin,
+            once,
+            closing: false,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The descriptors to poll and for what.
+    pub fn slots(&self) -> Vec<(Slot, PollFd<'_>)> {
+        let mut v = Vec::new();
+        if let Some(l) = &self.listener {
+            v.push((Slot::Listener, PollFd::new(l.as_fd(), PollFlags::POLLIN)));
+        }
+        if let (Some(fd), false) = (&self.stdin, self.pending.is_empty()) {
+            v.push((Slot::Stdin, PollFd::new(fd.as_fd(), PollFlags::POLLOUT)));
+        }
+        let room = self.pending.len() < STDIN_BACKLOG;
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut flags = PollFlags::empty();
+            if c.reading && room {
+                flags |= PollFlags::POLLIN;
+            }
+            if !c.out.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            v.push((Slot::Client(i), PollFd::new(c.stream.as_fd(), flags)));
+        }
+        v
+    }
+
+    /// Acts on what poll reported for the slots [`Hub::slots`] returned.
+    pub fn ready(&mut self, events: &[(Slot, PollFlags)]) {
+        let mut gone = Vec::new();
+        for (slot, ev) in events {
+            if ev.is_empty() {
+                continue;
+            }
+            match slot {
+                Slot::Listener => self.accept(),
+                Slot::Stdin => self.write_stdin(),
+                Slot::Client(i) => {
+                    // POLLHUP on a stream socket: the client closed both ways (a client
+                    // that only ended its input reads as EOF and still gets output).
+                    let hup = ev.intersects(PollFlags::POLLHUP | PollFlags::POLLERR);
+                    let readable = ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP);
+                    if readable && self.clients[*i].reading && !self.read(*i) {
+                        gone.push(*i);
+                        continue;
+                    }
+                    if hup || !self.flush(*i) {
+                        gone.push(*i);
+                    }
+                }
+            }
+        }
+        self.drop_clients(gone);
+    }
+
+    /// Sends output to every client; a client too far behind is dropped.
+    pub fn broadcast(&mut self, stream: u8, data: &[u8]) {
+        if self.clients.is_empty() {
+            return;
+        }
+        let frame = encode(stream, data);
+        let mut gone = Vec::new();
+        for (i, c) in self.clients.iter_mut().enumerate() {
+            if c.out.len() + frame.len() > CLIENT_BACKLOG {
+                gone.push(i);
+                continue;
+            }
+            c.out.extend_from_slice(&frame);
+        }
+        for i in 0..self.clients.len() {
+            if !gone.contains(&i) && !self.flush(i) {
+                gone.push(i);
+            }
+        }
+        self.drop_clients(gone);
+    }
+
+    /// The container ended: sends what is left (for up to `limit`), then lets every
+    /// client and the container's stdin go.
+    pub fn finish(mut self, limit: Duration) {
+        self.listener = None;
+        let deadline = Instant::now() + limit;
+        while self.clients.iter().any(|c| !c.out.is_empty()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let events: Vec<(Slot, PollFlags)> = {
+                let mut slots: Vec<(Slot, PollFd)> = self
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !c.out.is_empty())
+                    .map(|(i, c)| {
+                        (
+                            Slot::Client(i),
+                            PollFd::new(c.stream.as_fd(), PollFlags::POLLOUT),
+                        )
+                    })
+                    .collect();
+                let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                if nix::poll::poll(&mut fds, PollTimeout::from(ms)).is_err() {
+                    break;
+                }
+                slots
+                    .iter_mut()
+                    .zip(fds.iter())
+                    .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+                    .collect()
+            };
+            let mut gone = Vec::new();
+            for (slot, ev) in events {
+                if let Slot::Client(i) = slot {
+                    if ev.intersects(PollFlags::POLLERR | PollFlags::POLLHUP) || !self.flush(i) {
+                        gone.push(i);
+                    }
+                }
+            }
+            self.drop_clients(gone);
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(l) = &self.listener else { return };
+        loop {
+            match l.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.clients.push(Client {
+                            stream,
+                            stdin: None,
+                            reading: true,
+                            out: Vec::new(),
+                        });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads from client `i`; false when it is gone.
+    fn read(&mut self, i: usize) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let c = &mut self.clients[i];
+        match c.stream.read(&mut buf) {
+            Ok(0) => {
+                c.reading = false;
+                if c.stdin == Some(true) {
+                    self.stdin_session_ended();
+                }
+                true
+            }
+            Ok(n) => {
+                let mut data = &buf[..n];
+                if c.stdin.is_none() {
+                    c.stdin = Some(data[0] == HELLO_STDIN);
+                    data = &data[1..];
+                }
+                if c.stdin == Some(true) && self.stdin.is_some() && !self.closing {
+                    self.pending.extend_from_slice(data);
+                    self.write_stdin();
+                }
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Writes what client `i` is owed; false when it is gone.
+    fn flush(&mut self, i: usize) -> bool {
+        let c = &mut self.clients[i];
+        while !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    fn write_stdin(&mut self) {
+        if let Some(fd) = &self.stdin {
+            while !self.pending.is_empty() {
+                match nix::unistd::write(fd, &self.pending) {
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => return,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => {
+                        // The container closed its stdin: nothing more can reach it.
+                        self.pending.clear();
+                        self.stdin = None;
+                        return;
+                    }
+                }
+            }
+        }
+        if self.closing && self.pending.is_empty() {
+            self.stdin = None;
+        }
+    }
+
+    /// An attach session that wrote to stdin ended: for stdinOnce, stdin ends too.
+    fn stdin_session_ended(&mut self) {
+        if self.once {
+            self.closing = true;
+            self.write_stdin();
+        }
+    }
+
+    fn drop_clients(&mut self, mut gone: Vec<usize>) {
+        gone.sort_unstable();
+        gone.dedup();
+        for i in gone.into_iter().rev() {
+            let c = self.clients.remove(i);
+            if c.reading && c.stdin == Some(true) {
+                self.stdin_session_ended();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_split() {
+        let frames = [
+            (STDOUT, b"hello\n".to_vec()),
+            (STDERR, vec![]),
+            (STDOUT, vec![7u8; 70_000]),
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(|(s, d)| encode(*s, d)).collect();
+        for chunk in [1, 3, 5, 6, 4096, wire.len()] {
+            let mut d = Decoder::default();
+            let got: Vec<(u8, Vec<u8>)> = wire.chunks(chunk).flat_map(|c| d.push(c)).collect();
+            assert_eq!(got, frames.to_vec(), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn stdin_modes() {
+        let cases = [
+            (false, false, StdinMode::Null),
+            (false, true, StdinMode::Null),
+            (true, false, StdinMode::Open),
+            (true, true, StdinMode::Once),
+        ];
+        for (stdin, once, want) in cases {
+            assert_eq!(StdinMode::of(stdin, once), want);
+        }
+    }
+
+    /// The hub in a thread of its own, as in the shim; the test plays container and agent.
+    #[tokio::test]
+    async fn hub_forwards_output_and_stdin_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (stdin_r, stdin_w) = nix::unistd::pipe().unwrap();
+        let mut hub = Hub::bind(tmp.path(), Some(stdin_w), true).unwrap();
+        let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let shim = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                while let Ok(line) = out_rx.try_recv() {
+                    if line.is_empty() {
+                        hub.finish(Duration::from_secs(1));
+                        return;
+                    }
+                    hub.broadcast(STDOUT, &line);
+                }
+                let events: Vec<(Slot, PollFlags)> = {
+                    let slots = hub.slots();
+                    let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
+                    nix::poll::poll(&mut fds, PollTimeout::from(20u16)).unwrap();
+                    slots
+                        .iter()
+                        .zip(fds.iter())
+                        .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+                        .collect()
+                };
+                hub.ready(&events);
+            }
+        });
+        let mut s = connect(tmp.path(), true).await.unwrap();
+        let mut watcher = connect(tmp.path(), false).await.unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(b"hello\n").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        // The "container" reads its stdin to the end: stdinOnce closed it after the session.
+        let got = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::from(stdin_r);
+            let mut got = String::new();
+            f.read_to_string(&mut got).unwrap();
+            got
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, "hello\n");
+        // Both clients see output after the stdin session ended (half-close, not gone).
+        out_tx.send(b"got hello\n".to_vec()).unwrap();
+        out_tx.send(Vec::new()).unwrap();
+        let mut out = String::new();
+        s.stdout.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "got hello\n");
+        let mut seen = String::new();
+        watcher.stdout.read_to_string(&mut seen).await.unwrap();
+        assert_eq!(seen, "got hello\n");
+        assert_eq!(s.exit_code.await.unwrap(), 0);
+        shim.join().unwrap();
+    }
+}
