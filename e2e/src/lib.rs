@@ -825,6 +825,59 @@ macro_rules! kubectl_tests {
     };
 }
 
+/// A loopback registry holding `busybox:1` and a one-box cluster whose agent (names from
+/// `tag`, see [`AgentOptions::unique`]) runs real containers: where the agent tests start.
+/// Returns the image's name too; keep the registry alive as long as pods may pull.
+pub async fn busybox_cluster(
+    tag: &str,
+) -> Result<(kith_agent::image::testing::TestRegistry, String, Cluster)> {
+    use kith_agent::image::testing::{ImageOptions, TestRegistry};
+    let registry = TestRegistry::start().context("start registry")?;
+    registry
+        .push_busybox("busybox", "1", ImageOptions::default())
+        .await
+        .context("push busybox")?;
+    let image = registry.image("busybox", "1");
+    let cluster = Cluster::up_with(Options {
+        agent: Some(AgentOptions::unique(tag)),
+        ..Default::default()
+    })
+    .await?;
+    Ok((registry, image, cluster))
+}
+
+impl Cluster {
+    /// Polls `kubectl get pod POD -n NS -o jsonpath=JSONPATH` until `check` accepts its
+    /// output (90 s at most; then the error says `what` was awaited and shows kith's log).
+    pub async fn wait_pod(
+        &self,
+        k: Kubectl,
+        ns: &str,
+        pod: &str,
+        jsonpath: &str,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = String::new();
+        let jsonpath_arg = format!("jsonpath={jsonpath}");
+        while Instant::now() < deadline {
+            let out = self
+                .kubectl(k, &["get", "pod", pod, "-n", ns, "-o", &jsonpath_arg])
+                .await?;
+            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && check(&last) {
+                return Ok(last);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!(
+            "timed out waiting for {pod}: {what}; last {jsonpath}: {last}\nkith log:\n{}",
+            self.log()
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,62 +8,15 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
+use anyhow::Result;
+use kith_e2e::{busybox_cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
-
-/// Polls `kubectl get pod` with a jsonpath until its output is `want`.
-async fn wait_pod(
-    cluster: &Cluster,
-    ns: &str,
-    pod: &str,
-    jsonpath: &str,
-    want: &str,
-) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut last = String::new();
-    while tokio::time::Instant::now() < deadline {
-        let out = cluster
-            .kubectl(
-                K,
-                &[
-                    "get",
-                    "pod",
-                    pod,
-                    "-n",
-                    ns,
-                    "-o",
-                    &format!("jsonpath={jsonpath}"),
-                ],
-            )
-            .await?;
-        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && last == want {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    bail!(
-        "timed out waiting for {pod} {jsonpath} = {want}; last: {last}\nkith log:\n{}",
-        cluster.log()
-    )
-}
+const PHASE: &str = "{.status.phase}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_and_run_interactive() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await
-        .context("push busybox")?;
-    let image = registry.image("busybox", "1");
-    let cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique("attach")),
-        ..Default::default()
-    })
-    .await?;
+    let (_registry, image, cluster) = busybox_cluster("attach").await?;
     let ns = cluster.namespace("attach").await?;
     let pods = format!(
         r#"apiVersion: v1
@@ -94,17 +47,23 @@ spec:
     cluster.apply_yaml(K, Some(&ns), &pods).await?;
 
     // stdin reaches the container, its answer comes back, and it ends (stdinOnce).
-    wait_pod(&cluster, &ns, "talk", "{.status.phase}", "Running").await?;
+    cluster
+        .wait_pod(K, &ns, "talk", PHASE, "Running", |s| s == "Running")
+        .await?;
     let out = cluster
         .kubectl_stdin_ok(K, &["attach", "-i", "talk", "-n", &ns], b"hello\n")
         .await?;
     assert!(out.contains("got hello"), "attach output: {out:?}");
-    wait_pod(&cluster, &ns, "talk", "{.status.phase}", "Succeeded").await?;
+    cluster
+        .wait_pod(K, &ns, "talk", PHASE, "Succeeded", |s| s == "Succeeded")
+        .await?;
     let log = cluster.kubectl_ok(K, &["logs", "talk", "-n", &ns]).await?;
     assert_eq!(log, "got hello\n");
 
     // Output only: kubectl follows the container until it exits.
-    wait_pod(&cluster, &ns, "chatty", "{.status.phase}", "Running").await?;
+    cluster
+        .wait_pod(K, &ns, "chatty", PHASE, "Running", |s| s == "Running")
+        .await?;
     let out = cluster
         .kubectl_ok(K, &["attach", "chatty", "-n", &ns])
         .await?;

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
+use kith_e2e::{busybox_cluster, Cluster, Kubectl};
 
 /// Polls `kubectl get` with a jsonpath until its output is `want`.
 async fn wait_jsonpath(
@@ -186,17 +185,7 @@ async fn exec_checks(cluster: &Cluster, k: Kubectl, ns: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_through_the_api_server() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await
-        .context("push busybox")?;
-    let image = registry.image("busybox", "1");
-    let cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique("exec")),
-        ..Default::default()
-    })
-    .await?;
+    let (_registry, image, cluster) = busybox_cluster("exec").await?;
     let ns = cluster.namespace("exec-e2e").await?;
     let pods = format!(
         r#"apiVersion: v1

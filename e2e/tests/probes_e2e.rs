@@ -7,66 +7,17 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
+use anyhow::Result;
+use kith_e2e::{busybox_cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
-
-/// Polls `kubectl get pod` with a jsonpath until `check` accepts its output.
-async fn wait_pod(
-    cluster: &Cluster,
-    ns: &str,
-    pod: &str,
-    jsonpath: &str,
-    what: &str,
-    check: impl Fn(&str) -> bool,
-) -> Result<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let mut last = String::new();
-    while tokio::time::Instant::now() < deadline {
-        let out = cluster
-            .kubectl(
-                K,
-                &[
-                    "get",
-                    "pod",
-                    pod,
-                    "-n",
-                    ns,
-                    "-o",
-                    &format!("jsonpath={jsonpath}"),
-                ],
-            )
-            .await?;
-        last = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if out.status.success() && check(&last) {
-            return Ok(last);
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    bail!(
-        "timed out waiting for {pod}: {what}; last {jsonpath}: {last}\nkith log:\n{}",
-        cluster.log()
-    )
-}
 
 const READY: &str = "{.status.conditions[?(@.type==\"Ready\")].status}";
 const RESTARTS: &str = "{.status.containerStatuses[0].restartCount}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_probes_restart_and_gate_readiness() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await
-        .context("push busybox")?;
-    let image = registry.image("busybox", "1");
-    let cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique("probes")),
-        ..Default::default()
-    })
-    .await?;
+    let (_registry, image, cluster) = busybox_cluster("probes").await?;
     let ns = cluster.namespace("probes").await?;
     let pods = format!(
         r#"apiVersion: v1
@@ -103,27 +54,30 @@ spec:
 
     // Readiness: not Ready while the file is missing, Ready once it exists, and not
     // Ready again once it is gone — all while the container keeps running.
-    wait_pod(&cluster, &ns, "gate", "{.status.phase}", "Running", |s| {
-        s == "Running"
-    })
-    .await?;
+    cluster
+        .wait_pod(K, &ns, "gate", "{.status.phase}", "Running", |s| {
+            s == "Running"
+        })
+        .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ready = wait_pod(&cluster, &ns, "gate", READY, "a Ready condition", |s| {
-        !s.is_empty()
-    })
-    .await?;
+    let ready = cluster
+        .wait_pod(K, &ns, "gate", READY, "a Ready condition", |s| {
+            !s.is_empty()
+        })
+        .await?;
     assert_eq!(ready, "False", "Ready before /tmp/ready exists");
     cluster
         .kubectl_ok(K, &["exec", "gate", "-n", &ns, "--", "touch", "/tmp/ready"])
         .await?;
-    wait_pod(&cluster, &ns, "gate", READY, "Ready=True", |s| s == "True").await?;
+    cluster
+        .wait_pod(K, &ns, "gate", READY, "Ready=True", |s| s == "True")
+        .await?;
     cluster
         .kubectl_ok(K, &["exec", "gate", "-n", &ns, "--", "rm", "/tmp/ready"])
         .await?;
-    wait_pod(&cluster, &ns, "gate", READY, "Ready=False", |s| {
-        s == "False"
-    })
-    .await?;
+    cluster
+        .wait_pod(K, &ns, "gate", READY, "Ready=False", |s| s == "False")
+        .await?;
     let restarts = cluster
         .kubectl_ok(
             K,
@@ -141,7 +95,9 @@ spec:
     assert_eq!(restarts.trim(), "0", "readiness must not restart");
 
     // Liveness: passing while the file exists; removing it restarts the container.
-    wait_pod(&cluster, &ns, "live", READY, "Ready=True", |s| s == "True").await?;
+    cluster
+        .wait_pod(K, &ns, "live", READY, "Ready=True", |s| s == "True")
+        .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restarts = cluster
         .kubectl_ok(
@@ -165,10 +121,11 @@ spec:
     cluster
         .kubectl_ok(K, &["exec", "live", "-n", &ns, "--", "rm", "/tmp/healthy"])
         .await?;
-    wait_pod(&cluster, &ns, "live", RESTARTS, "a restart", |s| {
-        s.parse::<u32>().is_ok_and(|n| n >= 1)
-    })
-    .await?;
+    cluster
+        .wait_pod(K, &ns, "live", RESTARTS, "a restart", |s| {
+            s.parse::<u32>().is_ok_and(|n| n >= 1)
+        })
+        .await?;
     let events = cluster
         .kubectl_ok(
             K,
@@ -186,14 +143,10 @@ spec:
                 cat: can't open '/tmp/healthy': No such file or directory";
     assert!(events.lines().any(|l| l == want), "events:\n{events}");
     // The new container made the file again: it runs and passes its probe.
-    wait_pod(
-        &cluster,
-        &ns,
-        "live",
-        READY,
-        "Ready=True after the restart",
-        |s| s == "True",
-    )
-    .await?;
+    cluster
+        .wait_pod(K, &ns, "live", READY, "Ready=True after the restart", |s| {
+            s == "True"
+        })
+        .await?;
     Ok(())
 }
