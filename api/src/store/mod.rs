@@ -153,7 +153,9 @@ impl EventType {
 pub struct StoreEvent {
     pub revision: u64,
     pub kind: EventType,
-    pub key: ObjectKey,
+    /// Shared with the state's map while the object lives: the history holds up to
+    /// 10,000 events by default, and a copy of each key would cost ~200 B per event.
+    pub key: Arc<ObjectKey>,
     /// The object after the write; for a delete, the last state with the delete's revision.
     pub object: Bytes,
     /// The object before the write (none for a create); lets watchers with selectors turn

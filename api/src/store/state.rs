@@ -33,7 +33,8 @@ const BROADCAST_CAPACITY: usize = 8192;
 /// Objects at one revision. This is what a snapshot holds.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    objects: BTreeMap<ObjectKey, Bytes>,
+    /// Keys are shared with the watch history's events (`StoreEvent::key`).
+    objects: BTreeMap<Arc<ObjectKey>, Bytes>,
     revision: u64,
 }
 
@@ -52,7 +53,7 @@ impl State {
 
     /// All objects in key order, for snapshots.
     pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Bytes)> {
-        self.objects.iter()
+        self.objects.iter().map(|(k, v)| (&**k, v))
     }
 
     /// Rebuild from a snapshot's contents.
@@ -61,7 +62,7 @@ impl State {
         objects: impl IntoIterator<Item = (ObjectKey, Bytes)>,
     ) -> Self {
         State {
-            objects: objects.into_iter().collect(),
+            objects: objects.into_iter().map(|(k, v)| (Arc::new(k), v)).collect(),
             revision,
         }
     }
@@ -106,6 +107,7 @@ impl State {
                     Ok(j) => j,
                     Err(e) => return (Err(e), None),
                 };
+                let key = Arc::new(key);
                 self.objects.insert(key.clone(), json.clone());
                 let ev = StoreEvent {
                     revision: index,
@@ -121,7 +123,11 @@ impl State {
                 object,
                 expect,
             } => {
-                let Some(prev) = self.objects.get(&key).cloned() else {
+                let Some((key, prev)) = self
+                    .objects
+                    .get_key_value(&key)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                else {
                     return (Err(StoreError::NotFound), None);
                 };
                 if let Err(e) = check(&prev, &expect) {
@@ -148,7 +154,9 @@ impl State {
                 if let Err(e) = check(&prev, &expect) {
                     return (Err(e), None);
                 }
-                self.objects.remove(&key);
+                let Some((key, _)) = self.objects.remove_entry(&key) else {
+                    return (Err(StoreError::NotFound), None);
+                };
                 let last = match serde_json::from_slice(&prev)
                     .map_err(|e| StoreError::Internal(format!("stored object is not JSON: {e}")))
                     .and_then(|v| stamp(v, index))
@@ -514,6 +522,39 @@ mod tests {
             key: cm(name),
             object: json!({"metadata": {"name": name}}),
         }
+    }
+
+    #[test]
+    fn events_share_the_key_of_the_stored_object() {
+        let mut state = State::default();
+        let stored = |s: &State| s.objects.get_key_value(&cm("a")).map(|(k, _)| k.clone());
+        let (_, created) = state.apply(1, create("a"));
+        let created = created.expect("event");
+        let key = stored(&state).expect("stored");
+        assert!(Arc::ptr_eq(&created.key, &key));
+        let update = WriteOp::Update {
+            key: cm("a"),
+            object: json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+            expect: Precondition::default(),
+        };
+        let (_, updated) = state.apply(2, update);
+        assert!(Arc::ptr_eq(&updated.expect("event").key, &key));
+        let delete = WriteOp::Delete {
+            key: cm("a"),
+            expect: Precondition::default(),
+        };
+        let (_, deleted) = state.apply(3, delete);
+        let deleted = deleted.expect("event");
+        assert!(Arc::ptr_eq(&deleted.key, &key));
+        assert_eq!(*deleted.key, cm("a"));
+        assert!(stored(&state).is_none());
+        // Once the state lets go, the events are the key's only holders.
+        drop(key);
+        assert_eq!(
+            Arc::strong_count(&deleted.key),
+            2,
+            "the create and delete events"
+        );
     }
 
     #[tokio::test]

@@ -242,37 +242,52 @@ struct Node {
     kind: &'static Kind,
     namespace: Option<String>,
     name: String,
-    /// Boxed: the graph's table holds one Node per object in the cluster, and an inline
-    /// ObjectMeta would make every slot (used or not) hundreds of bytes.
-    meta: Box<ObjectMeta>,
+    /// `None` for a plain object: no owner references, no finalizers, not being deleted.
+    /// Most objects are plain, and of them the decisions read only the uid, which is the
+    /// graph's key; a boxed ObjectMeta (≈ 400 B with its strings) for each would cost an
+    /// edge box megabytes per 10,000 objects. Boxed: an inline ObjectMeta would make every
+    /// slot of the graph's table (used or not) hundreds of bytes.
+    meta: Option<Box<ObjectMeta>>,
 }
 
-/// Only the metadata the decisions read. The graph holds every object in the cluster, so
-/// keeping their labels, annotations and managedFields as well would cost an edge box
-/// tens of MB; writes re-read the live object anyway. Name and namespace live in [`Node`].
-fn slim(meta: ObjectMeta) -> Box<ObjectMeta> {
-    Box::new(ObjectMeta {
+/// What [`Node::meta`] reads for a plain object.
+static PLAIN: std::sync::LazyLock<ObjectMeta> = std::sync::LazyLock::new(ObjectMeta::default);
+
+impl Node {
+    /// The metadata the decisions read; for a plain object an empty one (without the uid:
+    /// callers that compare uids of plain objects take it from the graph's key).
+    fn meta(&self) -> &ObjectMeta {
+        self.meta.as_deref().unwrap_or(&PLAIN)
+    }
+}
+
+/// Only the metadata the decisions read, and nothing for a plain object (see [`Node`]).
+/// The graph holds every object in the cluster, so keeping their labels, annotations and
+/// managedFields as well would cost an edge box tens of MB; writes re-read the live object
+/// anyway. Name and namespace live in [`Node`].
+fn slim(meta: ObjectMeta) -> Option<Box<ObjectMeta>> {
+    let plain = meta.owner_references.as_ref().is_none_or(Vec::is_empty)
+        && meta.finalizers.as_ref().is_none_or(Vec::is_empty)
+        && meta.deletion_timestamp.is_none();
+    if plain {
+        return None;
+    }
+    Some(Box::new(ObjectMeta {
         uid: meta.uid,
         owner_references: meta.owner_references,
         finalizers: meta.finalizers,
         deletion_timestamp: meta.deletion_timestamp,
         resource_version: meta.resource_version,
         ..Default::default()
-    })
+    }))
 }
 
-/// Kind (group, kind), namespace, name.
-type NameKey = (&'static str, &'static str, Option<String>, String);
-
-fn name_key(kind: &'static Kind, ns: Option<String>, name: String) -> NameKey {
-    (kind.group, kind.kind, ns, name)
-}
-
-/// Every object of every kind, by uid, with the owner → dependents edges.
+/// Every object of every kind, by uid, with the owner → dependents edges. Owners are found
+/// by the uid their references carry, as Kubernetes' collector does: no index by name (it
+/// would cost another entry and copies of three strings per object).
 #[derive(Default)]
 struct Graph {
     nodes: HashMap<String, Node>,
-    by_name: HashMap<NameKey, String>,
     dependents: HashMap<String, HashSet<String>>,
     /// Kinds whose watch has listed everything at least once.
     synced: HashSet<(&'static str, &'static str)>,
@@ -298,17 +313,13 @@ impl Graph {
             name,
             meta,
         };
-        for r in node.meta.owner_references.iter().flatten() {
+        for r in node.meta().owner_references.iter().flatten() {
             self.dependents
                 .entry(r.uid.clone())
                 .or_default()
                 .insert(uid.clone());
             dirty.push(r.uid.clone());
         }
-        self.by_name.insert(
-            name_key(kind, node.namespace.clone(), node.name.clone()),
-            uid.clone(),
-        );
         self.nodes.insert(uid.clone(), node);
         dirty.extend(self.dependents_of(&uid));
         dirty.push(uid);
@@ -327,12 +338,8 @@ impl Graph {
         let Some(old) = self.nodes.remove(uid) else {
             return Vec::new();
         };
-        let key = name_key(old.kind, old.namespace.clone(), old.name.clone());
-        if self.by_name.get(&key).map(String::as_str) == Some(uid) {
-            self.by_name.remove(&key);
-        }
         let mut owners = Vec::new();
-        for r in old.meta.owner_references.iter().flatten() {
+        for r in old.meta().owner_references.iter().flatten() {
             if let Some(set) = self.dependents.get_mut(&r.uid) {
                 set.remove(uid);
                 if set.is_empty() {
@@ -374,12 +381,25 @@ impl Graph {
         let Some((kind, ns)) = resolve(reference, node.namespace.as_deref()) else {
             return OwnerState::Unresolvable;
         };
-        let found = self
-            .by_name
-            .get(&name_key(kind, ns, reference.name.clone()))
-            .and_then(|uid| self.nodes.get(uid))
-            .map(|n| &*n.meta);
-        owner_state(reference, found)
+        // The object with the reference's uid, if it is the one the reference names (a
+        // reference with the right uid but another kind or name points at nothing).
+        let found = self.nodes.get(&reference.uid).filter(|n| {
+            n.kind.group == kind.group
+                && n.kind.kind == kind.kind
+                && n.namespace == ns
+                && n.name == reference.name
+        });
+        match found {
+            None => owner_state(reference, None),
+            Some(Node { meta: Some(m), .. }) => owner_state(reference, Some(m)),
+            Some(Node { meta: None, .. }) => {
+                let plain = ObjectMeta {
+                    uid: Some(reference.uid.clone()),
+                    ..Default::default()
+                };
+                owner_state(reference, Some(&plain))
+            }
+        }
     }
 
     /// Everything worth a look on a resync: dependents and owners being deleted.
@@ -387,11 +407,11 @@ impl Graph {
         self.nodes
             .iter()
             .filter(|(_, n)| {
-                n.meta
+                n.meta()
                     .owner_references
                     .as_ref()
                     .is_some_and(|r| !r.is_empty())
-                    || being_deleted(&n.meta)
+                    || being_deleted(n.meta())
             })
             .map(|(uid, _)| uid.clone())
             .collect()
@@ -528,9 +548,9 @@ impl Collector {
         let blocking = dependents
             .iter()
             .filter_map(|d| self.graph.nodes.get(d))
-            .filter(|d| blocks(&d.meta, uid))
+            .filter(|d| blocks(d.meta(), uid))
             .count();
-        match owner_action(&node.meta, dependents.len(), blocking) {
+        match owner_action(node.meta(), dependents.len(), blocking) {
             OwnerAction::Nothing => {}
             OwnerAction::OrphanDependents => {
                 for d in &dependents {
@@ -558,13 +578,13 @@ impl Collector {
         };
         let has_dependents = !self.graph.dependents_of(uid).is_empty();
         let cached: Vec<OwnerState> = node
-            .meta
+            .meta()
             .owner_references
             .iter()
             .flatten()
             .map(|r| self.graph.owner_state(node, r))
             .collect();
-        if dependent_action(&node.meta, &cached, has_dependents) == DependentAction::Nothing {
+        if dependent_action(node.meta(), &cached, has_dependents) == DependentAction::Nothing {
             return Ok(());
         }
         let Some(latest) = self
@@ -590,7 +610,7 @@ impl Collector {
             DependentAction::Nothing => Ok(()),
             DependentAction::RemoveOwnerRefs(uids) => {
                 let node = Node {
-                    meta: Box::new(latest),
+                    meta: Some(Box::new(latest)),
                     ..node.clone()
                 };
                 self.drop_owner_refs(&node, &uids).await
@@ -647,7 +667,7 @@ impl Collector {
         else {
             return Ok(());
         };
-        if latest.uid != dep.meta.uid
+        if latest.uid != dep.meta().uid
             || !latest
                 .owner_references
                 .iter()
@@ -668,7 +688,7 @@ impl Collector {
     /// graph can lag its watches: a dependent created just before its owner's deletion may
     /// not be in it yet, so the decisions that end an owner's deletion check here first.
     async fn live_dependents(&self, owner: &Node) -> Result<Vec<Node>, GcError> {
-        let Some(uid) = owner.meta.uid.as_deref() else {
+        let Some(uid) = owner.meta().uid.as_deref() else {
             return Ok(Vec::new());
         };
         let mut found = Vec::new();
@@ -713,13 +733,13 @@ impl Collector {
         else {
             return Ok(());
         };
-        if latest.uid != owner.meta.uid || !has_finalizer(&latest, f) {
+        if latest.uid != owner.meta().uid || !has_finalizer(&latest, f) {
             return Ok(());
         }
         if f == FOREGROUND || f == ORPHAN {
-            let uid = owner.meta.uid.clone().unwrap_or_default();
+            let uid = owner.meta().uid.clone().unwrap_or_default();
             for dep in self.live_dependents(owner).await? {
-                if f == FOREGROUND && blocks(&dep.meta, &uid) {
+                if f == FOREGROUND && blocks(dep.meta(), &uid) {
                     // Its removal or release wakes us again (and the resync is a backstop).
                     return Ok(());
                 }
@@ -1072,6 +1092,43 @@ mod tests {
         replacement.name = Some("obj-o".into());
         g.upsert(cm, replacement);
         assert_eq!(g.owner_state(&node, &r), OwnerState::Dangling);
+    }
+
+    #[test]
+    fn only_objects_the_decisions_read_keep_metadata() {
+        // uid, deleting, finalizers, has owner references → metadata kept.
+        let table = [
+            ("plain", false, &[][..], false, false),
+            ("dependent", false, &[][..], true, true),
+            ("finalized", false, &[ORPHAN][..], false, true),
+            ("deleting", true, &[][..], false, true),
+        ];
+        let cm = cm_kind();
+        let mut g = Graph::default();
+        for (uid, deleting, finalizers, owned, kept) in table {
+            let refs = if owned {
+                vec![oref(CM, "obj-o", "o", None)]
+            } else {
+                vec![]
+            };
+            let m = meta(uid, deleting, finalizers, refs);
+            assert_eq!(slim(m.clone()).is_some(), kept, "{uid}");
+            g.upsert(cm, m.clone());
+            let node = g.nodes.get(uid).expect("recorded");
+            assert_eq!(node.meta.is_some(), kept, "{uid}");
+            assert_eq!(node.meta().owner_references, m.owner_references, "{uid}");
+            assert_eq!(node.meta().finalizers, m.finalizers, "{uid}");
+            assert_eq!(
+                node.meta().deletion_timestamp,
+                m.deletion_timestamp,
+                "{uid}"
+            );
+        }
+        // A plain owner is still told apart by its uid.
+        let dep = g.nodes.get("dependent").cloned().expect("dependent");
+        let plain = |uid: &str| oref(CM, "obj-plain", uid, None);
+        assert_eq!(g.owner_state(&dep, &plain("plain")), OwnerState::Solid);
+        assert_eq!(g.owner_state(&dep, &plain("other")), OwnerState::Dangling);
     }
 
     #[test]

@@ -416,9 +416,49 @@ async fn memory_and_fanout(args: &Args, payload: &Arc<str>) -> Result<()> {
     f.extra.insert("errors".into(), json!(fill.errors));
     f.extra
         .insert("settle_s".into(), json!(args.settle().as_secs()));
+    // Where the resident memory is: the heap and other anonymous maps, or pages of the
+    // binary and of redb's files; and how many threads (each may own a malloc arena).
+    if let Ok(parts) = rss_parts(pid) {
+        f.extra
+            .insert("anon_mb".into(), json!(round(mib(parts.anon))));
+        f.extra
+            .insert("file_mb".into(), json!(round(mib(parts.file))));
+        f.extra.insert("threads".into(), json!(parts.threads));
+    }
     f.print();
 
     fanout(args, &cluster, &client, payload).await
+}
+
+/// Resident memory of a process by kind, from `/proc/<pid>/smaps_rollup` and `status`.
+struct RssParts {
+    anon: u64,
+    file: u64,
+    threads: u64,
+}
+
+fn rss_parts(pid: u32) -> Result<RssParts> {
+    let kib = |text: &str, key: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("no {key} line"))?;
+        let v: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .with_context(|| format!("bad {key} line"))?
+            .parse()?;
+        Ok(v)
+    };
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = kib(&rollup, "Rss:")? * 1024;
+    let anon = kib(&rollup, "Anonymous:")? * 1024;
+    Ok(RssParts {
+        anon,
+        file: rss.saturating_sub(anon),
+        threads: kib(&status, "Threads:")?,
+    })
 }
 
 enum WatchMsg {
