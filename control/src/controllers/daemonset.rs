@@ -40,12 +40,12 @@ use k8s_openapi::api::core::v1::{
     PodSpec, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::deployment::{pod_template_hash, scaled_value};
 use super::replicaset::{controller_of, controller_ref, is_ready};
@@ -227,10 +227,12 @@ pub fn history(
     let uid = owner.uid.clone();
     let hash = revision_hash(ds)?;
     let current = super::history::revision_for(owner, &ds.metadata, &spec.template, &hash)?;
+    // A DaemonSet's pods carry the hash; its revisions are named `<ds>-<hash>`.
     let live = pods
         .iter()
         .filter(|p| controller_of(*p).is_some_and(|o| o.uid == uid))
-        .filter_map(|p| p.labels().get(HASH_LABEL).map(String::as_str))
+        .filter_map(|p| p.labels().get(HASH_LABEL))
+        .map(|h| format!("{}-{h}", ds.name_any()))
         .collect();
     Ok(super::history::plan(
         current,
@@ -656,7 +658,7 @@ async fn reconcile_one(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
     let all = pods.list(&ListParams::default()).await?.items;
     let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
     let existing = revisions.list(&ListParams::default()).await?.items;
-    record_history(&revisions, &history(&ds, &existing, &all)?).await?;
+    super::history::record(&revisions, &history(&ds, &existing, &all)?).await?;
     let plan = reconcile(&ds, &nodes, &all, jiff::Timestamp::now())?;
     let reference = ds.object_ref(&());
     let hash = revision_hash(&ds)?;
@@ -687,42 +689,6 @@ async fn reconcile_one(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         }
     }
     Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
-}
-
-/// Carry out a history plan: the current template's revision first, then the pruning.
-async fn record_history(
-    api: &Api<ControllerRevision>,
-    plan: &super::history::HistoryPlan,
-) -> Result<(), Error> {
-    let gone = |e: &kube::Error| matches!(e, kube::Error::Api(a) if a.code == 404);
-    if let Some(r) = &plan.create {
-        match api.create(&PostParams::default(), r).await {
-            // Made by an earlier pass whose list did not see it yet.
-            Err(kube::Error::Api(a)) if a.code == 409 => {}
-            other => {
-                other?;
-            }
-        }
-    }
-    if let Some((name, revision)) = &plan.renumber {
-        let body = json!({"revision": revision});
-        if let Err(e) = api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
-            .await
-        {
-            if !gone(&e) {
-                return Err(e.into());
-            }
-        }
-    }
-    for name in &plan.delete {
-        if let Err(e) = api.delete(name, &DeleteParams::default()).await {
-            if !gone(&e) {
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
-//! ControllerRevisions: the template history of a DaemonSet, kept as kube-controller-manager
-//! keeps it (`constructHistory` and `cleanupHistory` in its `daemon/update.go`), so that
-//! `kubectl rollout history` lists the templates and `kubectl rollout undo` finds the one to
-//! go back to.
+//! ControllerRevisions: the template history of a DaemonSet or StatefulSet, kept as
+//! kube-controller-manager keeps it (`constructHistory`/`cleanupHistory` in its
+//! `daemon/update.go`, `getStatefulSetRevisions`/`truncateHistory` for StatefulSets), so
+//! that `kubectl rollout history` lists the templates and `kubectl rollout undo` finds the
+//! one to go back to.
 //!
 //! ```text
 //!  owner's template ──▶ revision it would get (name <owner>-<hash>, data = patch) ──┐
 //!  existing revisions ───────────────────────────────────────────────────────────────┼─▶ plan
-//!  hashes pods still run ────────────────────────────────────────────────────────────┘
+//!  revisions in use ─────────────────────────────────────────────────────────────────┘
 //!      create it (number max + 1) | renumber the one that matches (after an undo)
 //!      | delete the oldest beyond revisionHistoryLimit that no pod runs
 //! ```
@@ -20,6 +21,8 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::Api;
 use serde_json::{json, Value};
 
 use super::replicaset::controller_of;
@@ -88,13 +91,13 @@ fn hash_of(r: &ControllerRevision) -> Option<&str> {
 }
 
 /// Decide the owner's history. `current` comes from [`revision_for`]; `existing` may hold
-/// other owners' revisions (they are left alone); `live` are the hashes the owner's pods
-/// carry, whose revisions are kept whatever the limit. Pure.
+/// other owners' revisions (they are left alone); `live` names the revisions in use (the
+/// owner's pods run them), which are kept whatever the limit. Pure.
 pub fn plan(
     current: ControllerRevision,
     existing: &[ControllerRevision],
     limit: Option<i32>,
-    live: &BTreeSet<&str>,
+    live: &BTreeSet<String>,
 ) -> HistoryPlan {
     let owner_uid = current
         .metadata
@@ -144,13 +147,46 @@ pub fn plan(
         if to_delete == 0 {
             break;
         }
-        if hash_of(r).is_some_and(|h| live.contains(h)) {
+        if r.metadata.name.as_ref().is_some_and(|n| live.contains(n)) {
             continue;
         }
         out.delete.push(r.metadata.name.clone().unwrap_or_default());
         to_delete -= 1;
     }
     out
+}
+
+/// Carry out a history plan: the current template's revision first, then the pruning.
+pub async fn record(api: &Api<ControllerRevision>, plan: &HistoryPlan) -> Result<(), kube::Error> {
+    let gone = |e: &kube::Error| matches!(e, kube::Error::Api(a) if a.code == 404);
+    if let Some(r) = &plan.create {
+        match api.create(&PostParams::default(), r).await {
+            // Made by an earlier pass whose list did not see it yet.
+            Err(kube::Error::Api(a)) if a.code == 409 => {}
+            other => {
+                other?;
+            }
+        }
+    }
+    if let Some((name, revision)) = &plan.renumber {
+        let body = json!({"revision": revision});
+        if let Err(e) = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
+            if !gone(&e) {
+                return Err(e);
+            }
+        }
+    }
+    for name in &plan.delete {
+        if let Err(e) = api.delete(name, &DeleteParams::default()).await {
+            if !gone(&e) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -308,7 +344,7 @@ mod tests {
                     existing("v3", 3, "u1"),
                 ],
                 limit: Some(2),
-                live: &["h-v1"],
+                live: &["web-h-v1"],
                 create: Some(4),
                 renumber: None,
                 delete: &["web-h-v2"],
@@ -325,7 +361,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let live: BTreeSet<&str> = c.live.iter().copied().collect();
+            let live: BTreeSet<String> = c.live.iter().map(|s| s.to_string()).collect();
             let p = plan(current(c.current), &c.existing, c.limit, &live);
             assert_eq!(p.create.map(|r| r.revision), c.create, "{}", c.name);
             assert_eq!(
