@@ -158,6 +158,15 @@ pub struct Score {
     pub weight: i64,
     pub raw: fn(&Candidate<'_>, &NodeInfo) -> Option<i64>,
     pub normalize: Normalize,
+    /// `Some(v)` when the pod makes this score alike on every node (say, it has no
+    /// preferences of that sort): every node then gets the normalized `v` without `raw`
+    /// being asked node by node.
+    pub uniform: fn(&Candidate<'_>) -> Option<i64>,
+}
+
+/// A score that depends on the node whatever the pod.
+fn never_uniform(_: &Candidate<'_>) -> Option<i64> {
+    None
 }
 
 /// kube-scheduler's default filters, in its order (the first rejection is reported).
@@ -203,36 +212,42 @@ pub const SCORES: &[Score] = &[
         weight: 3,
         raw: score_taints,
         normalize: Normalize::ReverseMax,
+        uniform: never_uniform,
     },
     Score {
         name: "NodeAffinity",
         weight: 2,
         raw: score_node_affinity,
         normalize: Normalize::Max,
+        uniform: no_preferred_terms,
     },
     Score {
         name: "NodeResourcesFit",
         weight: 1,
         raw: score_least_allocated,
         normalize: Normalize::None,
+        uniform: never_uniform,
     },
     Score {
         name: "PodTopologySpread",
         weight: 2,
         raw: score_spread,
         normalize: Normalize::Spread,
+        uniform: no_soft_spread,
     },
     Score {
         name: "InterPodAffinity",
         weight: 2,
         raw: score_pod_affinity,
         normalize: Normalize::MinMax,
+        uniform: no_affinity_scores,
     },
     Score {
         name: "NodeResourcesBalancedAllocation",
         weight: 1,
         raw: score_balanced,
         normalize: Normalize::None,
+        uniform: never_uniform,
     },
 ];
 
@@ -829,6 +844,23 @@ fn in_domain(domains: &HashSet<Domain<'_>>, n: &NodeInfo) -> bool {
         .any(|(k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
 }
 
+/// Without preferred terms every node's raw score is 0, and `Max` makes that 0.
+fn no_preferred_terms(c: &Candidate<'_>) -> Option<i64> {
+    c.preferred_terms.is_empty().then_some(0)
+}
+
+/// Without ScheduleAnyway constraints every node's raw score is 0, and `Spread` makes
+/// that 100.
+fn no_soft_spread(c: &Candidate<'_>) -> Option<i64> {
+    c.soft_spread.is_empty().then_some(100)
+}
+
+/// Without (anti-)affinity weights either way every node's raw score is 0, and `MinMax`
+/// makes that 0.
+fn no_affinity_scores(c: &Candidate<'_>) -> Option<i64> {
+    c.affinity_scores.is_empty().then_some(0)
+}
+
 fn score_taints(c: &Candidate<'_>, n: &NodeInfo) -> Option<i64> {
     Some(
         n.taints
@@ -1043,6 +1075,10 @@ pub fn scores(pod: &Pod, snapshot: &Snapshot) -> Vec<(String, i64)> {
 fn total_scores(c: &Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
     let mut totals = vec![0i64; feasible.len()];
     for s in SCORES {
+        if let Some(v) = (s.uniform)(c) {
+            totals.iter_mut().for_each(|t| *t += s.weight * v);
+            continue;
+        }
         let raw: Vec<Option<i64>> = feasible.iter().map(|n| (s.raw)(c, n)).collect();
         for (t, v) in totals.iter_mut().zip(normalize(s.normalize, &raw)) {
             *t += s.weight * v;
@@ -1053,7 +1089,65 @@ fn total_scores(c: &Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
 
 #[cfg(test)]
 mod sample_tests {
-    use super::feasible_nodes_to_find;
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use serde_json::json;
+
+    #[test]
+    fn uniform_scores_are_what_every_node_would_score() {
+        let node = |name: &str, zone: &str, cpu: &str, taints: serde_json::Value| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"zone": zone, "kubernetes.io/hostname": name}},
+                "spec": {"taints": taints},
+                "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .expect("node")
+        };
+        let nodes = [
+            node("a", "z1", "4", json!([])),
+            node(
+                "b",
+                "z2",
+                "2",
+                json!([{"key": "spot", "effect": "PreferNoSchedule"}]),
+            ),
+            node("c", "z2", "8", json!([])),
+        ];
+        let bound: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "w", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": "c", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}
+        }))
+        .expect("pod");
+        let snap = Snapshot::new(&nodes, [&bound]);
+        let pods = [
+            json!({"containers": [{"name": "c"}]}),
+            json!({"containers": [{"name": "c"}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}),
+            json!({"containers": [{"name": "c"}], "tolerations": [{"key": "spot", "operator": "Exists"}]}),
+        ];
+        let mut checked = 0;
+        for spec in pods {
+            let pod: Pod = serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": spec}),
+            )
+            .expect("pod");
+            let c = Candidate::new(&pod, &snap);
+            for s in SCORES {
+                let Some(v) = (s.uniform)(&c) else { continue };
+                let raw: Vec<Option<i64>> = snap.nodes.iter().map(|n| (s.raw)(&c, n)).collect();
+                assert_eq!(
+                    normalize(s.normalize, &raw),
+                    vec![v; snap.nodes.len()],
+                    "{}",
+                    s.name
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 9, "three uniform scores for each of three pods");
+    }
 
     #[test]
     fn nodes_to_score_follow_kube_scheduler() {

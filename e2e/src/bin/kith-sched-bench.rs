@@ -402,6 +402,10 @@ impl Breakdown {
         self.rejected_nodes += snapshot.nodes.len() - left.len();
         if left.len() > 1 {
             for (s, spent) in SCORES.iter().zip(&mut self.scores) {
+                // `place` does not ask a score node by node when the pod makes it uniform.
+                if (s.uniform)(&c).is_some() {
+                    continue;
+                }
                 let t = Instant::now();
                 let raw: Vec<Option<i64>> = left.iter().map(|n| (s.raw)(&c, n)).collect();
                 *spent += t.elapsed();
