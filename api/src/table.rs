@@ -181,6 +181,12 @@ pub fn row(kind: &Kind, object: &Value, now: Timestamp) -> Vec<Value> {
                 images,
             ]
         }
+        Printer::ControllerRevision => vec![
+            o.name(),
+            json!(controller_name(o)),
+            json!(o.int(&["revision"])),
+            o.age(now),
+        ],
         Printer::Job => job_cells(o, now),
         Printer::CronJob => {
             let (names, images) =
@@ -247,6 +253,7 @@ enum Printer {
     ReplicaSet,
     DaemonSet,
     StatefulSet,
+    ControllerRevision,
     Job,
     CronJob,
     Service,
@@ -271,6 +278,7 @@ fn printer(kind: &Kind) -> Printer {
         ("apps", "ReplicaSet") => Printer::ReplicaSet,
         ("apps", "DaemonSet") => Printer::DaemonSet,
         ("apps", "StatefulSet") => Printer::StatefulSet,
+        ("apps", "ControllerRevision") => Printer::ControllerRevision,
         ("batch", "Job") => Printer::Job,
         ("batch", "CronJob") => Printer::CronJob,
         ("", "Service") => Printer::Service,
@@ -396,6 +404,12 @@ fn spec(kind: &Kind) -> Vec<Col> {
             AGE,
             CONTAINERS,
             IMAGES,
+        ],
+        Printer::ControllerRevision => vec![
+            NAME,
+            col("Controller", "string", "Controller of the object."),
+            col("Revision", "string", "Revision indicates the revision of the state represented by Data."),
+            AGE,
         ],
         Printer::Job => vec![
             NAME,
@@ -610,6 +624,27 @@ impl<'a> Obj<'a> {
         self.items(&["status", "conditions"])
             .find(|c| c.str(&["type"]) == type_)
             .map_or("", |c| c.str(&["status"]))
+    }
+}
+
+/// The controlling owner as kube-apiserver prints it (`daemonset.apps/web`), or `<none>`.
+fn controller_name(o: Obj<'_>) -> String {
+    let Some(owner) = o
+        .items(&["metadata", "ownerReferences"])
+        .find(|r| r.bool(&["controller"]))
+    else {
+        return "<none>".into();
+    };
+    let group = owner
+        .str(&["apiVersion"])
+        .rsplit_once('/')
+        .map_or("", |(g, _)| g);
+    let kind = owner.str(&["kind"]).to_lowercase();
+    let name = owner.str(&["name"]);
+    if group.is_empty() {
+        format!("{kind}/{name}")
+    } else {
+        format!("{kind}.{group}/{name}")
     }
 }
 
@@ -1276,6 +1311,11 @@ mod tests {
             ),
             ("apps/v1", "StatefulSet", &["NAME", "READY", "AGE"]),
             (
+                "apps/v1",
+                "ControllerRevision",
+                &["NAME", "CONTROLLER", "REVISION", "AGE"],
+            ),
+            (
                 "batch/v1",
                 "Job",
                 &["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
@@ -1357,6 +1397,29 @@ mod tests {
             let bare = json!({"metadata": {"name": "x"}});
             assert_eq!(row(k, &bare, now()).len(), columns(k).len(), "{k:?}");
         }
+    }
+
+    #[test]
+    fn controller_revision_rows_name_their_controller() {
+        let cr = kind("apps/v1", "ControllerRevision");
+        let owned = json!({
+            "metadata": {"name": "web-6c7f9d", "creationTimestamp": "2025-06-01T11:00:00Z",
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "u0"},
+                    {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "web", "uid": "u1", "controller": true}]},
+            "revision": 3
+        });
+        assert_eq!(
+            row(cr, &owned, now()),
+            [
+                json!("web-6c7f9d"),
+                json!("daemonset.apps/web"),
+                json!(3),
+                json!("60m")
+            ]
+        );
+        let orphan = json!({"metadata": {"name": "x"}, "revision": 1});
+        assert_eq!(row(cr, &orphan, now())[1], json!("<none>"));
     }
 
     fn running_pod_one_of_two_ready() -> Value {

@@ -1,6 +1,8 @@
 //! The DaemonSet controller against `kith up`: one pod per eligible node (a node with an
 //! untolerated taint gets none), a pod for a node that joins later, and a rolling image
-//! update that replaces pods within maxUnavailable until `kubectl rollout status` returns.
+//! update that replaces pods within maxUnavailable until `kubectl rollout status` returns;
+//! and the template history: an image change makes a second ControllerRevision,
+//! `kubectl rollout history` lists both, `kubectl rollout undo` brings the old image back.
 //!
 //! There is no agent, so the test plays its part through the API: it posts node status
 //! and heartbeat Leases, marks bound pods Running and Ready through `pods/status`
@@ -19,7 +21,10 @@ use k8s_openapi::jiff::Timestamp;
 use kith_e2e::{ensure_contains, kubectl_tests, Cluster, Kubectl};
 use kube::api::{Api, ListParams};
 
-kubectl_tests!(daemonset_follows_nodes_and_rolls_within_max_unavailable);
+kubectl_tests!(
+    daemonset_follows_nodes_and_rolls_within_max_unavailable,
+    daemonset_rollout_history_and_undo
+);
 
 const WAIT: Duration = Duration::from_secs(45);
 
@@ -304,5 +309,110 @@ async fn daemonset_follows_nodes_and_rolls_within_max_unavailable(
         .kubectl_ok(k, &["describe", "ds", "agent", "-n", &ns])
         .await?;
     ensure_contains(&describe, "daemonset-controller")?;
+    Ok(())
+}
+
+/// Plays the agent until every live pod runs `want` and is Ready, and the status agrees.
+async fn wait_rolled_to(c: &Cluster, k: Kubectl, ns: &str, nodes: usize, want: &str) -> Result<()> {
+    let n = i32::try_from(nodes)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        play_agent(c, k, ns).await?;
+        let all = pods(c, ns).await?;
+        let done = all.len() == nodes
+            && all
+                .iter()
+                .all(|p| image(p) == want && has_condition(p, "Ready"));
+        if done && ds_counts(c, ns).await? == (n, n, n, n) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let images: Vec<&str> = all.iter().map(image).collect();
+            bail!(
+                "pods never all ran {want}: {images:?}, status {:?}",
+                ds_counts(c, ns).await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The REVISION column of `kubectl rollout history`.
+fn revisions(history: &str) -> Vec<String> {
+    history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+async fn daemonset_rollout_history_and_undo(c: &Cluster, k: Kubectl) -> Result<()> {
+    let ns = c.namespace("dshist").await?;
+    add_node(c, k, "edge-a", "").await?;
+    add_node(c, k, "edge-b", "").await?;
+    c.apply_yaml(k, Some(&ns), DAEMONSET).await?;
+    wait_nodes(c, &ns, &["edge-a", "edge-b"]).await?;
+    wait_rolled_to(c, k, &ns, 2, "registry.k8s.io/pause:3.9").await?;
+    c.kubectl_ok(
+        k,
+        &[
+            "set",
+            "image",
+            "ds/agent",
+            "c=registry.k8s.io/pause:3.10",
+            "-n",
+            &ns,
+        ],
+    )
+    .await?;
+    wait_rolled_to(c, k, &ns, 2, "registry.k8s.io/pause:3.10").await?;
+
+    let history = c
+        .kubectl_ok(k, &["rollout", "history", "ds/agent", "-n", &ns])
+        .await?;
+    if revisions(&history) != ["1", "2"] {
+        bail!("rollout history should list revisions 1 and 2:\n{history}");
+    }
+    let one = c
+        .kubectl_ok(
+            k,
+            &["rollout", "history", "ds/agent", "-n", &ns, "--revision=1"],
+        )
+        .await?;
+    ensure_contains(&one, "registry.k8s.io/pause:3.9")?;
+    let listed = c
+        .kubectl_ok(k, &["get", "controllerrevisions", "-n", &ns])
+        .await?;
+    ensure_contains(&listed, "CONTROLLER")?;
+    ensure_contains(&listed, "daemonset.apps/agent")?;
+
+    let undo = c
+        .kubectl_ok(k, &["rollout", "undo", "ds/agent", "-n", &ns])
+        .await?;
+    ensure_contains(&undo, "rolled back")?;
+    wait_rolled_to(c, k, &ns, 2, "registry.k8s.io/pause:3.9").await?;
+    // The old template is the newest revision now, renumbered rather than recorded twice.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let history = c
+            .kubectl_ok(k, &["rollout", "history", "ds/agent", "-n", &ns])
+            .await?;
+        if revisions(&history) == ["2", "3"] {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after undo, rollout history should list revisions 2 and 3:\n{history}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let three = c
+        .kubectl_ok(
+            k,
+            &["rollout", "history", "ds/agent", "-n", &ns, "--revision=3"],
+        )
+        .await?;
+    ensure_contains(&three, "registry.k8s.io/pause:3.9")?;
     Ok(())
 }

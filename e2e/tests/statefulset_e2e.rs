@@ -2,7 +2,8 @@
 //! 3-replica OrderedReady set creates `web-0` alone, `web-1` only once `web-0` is Ready and
 //! `web-2` only once `web-1` is; each ordinal gets its claim `www-web-<i>`; `kubectl
 //! rollout status` returns once all three are Ready; scaling to 1 removes `web-2` before
-//! `web-1`.
+//! `web-1`; an image change is revision 2 in `kubectl rollout history`, and `kubectl
+//! rollout undo` brings the first image back as revision 3.
 //!
 //! kith has no agent yet, so pods never really run: the test plays the agent's part by
 //! writing phase Running and a Ready condition through the status subresource with
@@ -280,5 +281,104 @@ async fn statefulset_ordered_create_claims_rollout_and_scale_down(
         &["rollout", "status", "sts/web", "-n", &ns, "--timeout=60s"],
     )
     .await?;
+
+    // History: each template is a ControllerRevision named as the pods' label says.
+    c.kubectl_ok(
+        k,
+        &[
+            "set",
+            "image",
+            "sts/web",
+            "nginx=localhost:5000/nginx:1.28",
+            "-n",
+            &ns,
+        ],
+    )
+    .await?;
+    web0_runs(c, k, &ns, "localhost:5000/nginx:1.28").await?;
+    history_is(c, k, &ns, &["1", "2"]).await?;
+    let listed = c
+        .kubectl_ok(k, &["get", "controllerrevisions", "-n", &ns])
+        .await?;
+    ensure_contains(&listed, &revision)?;
+    ensure_contains(&listed, "statefulset.apps/web")?;
+    let undo = c
+        .kubectl_ok(k, &["rollout", "undo", "sts/web", "-n", &ns])
+        .await?;
+    ensure_contains(&undo, "rolled back")?;
+    web0_runs(c, k, &ns, "localhost:5000/nginx:1.27").await?;
+    history_is(c, k, &ns, &["2", "3"]).await?;
+    let back = c
+        .kubectl_ok(
+            k,
+            &[
+                "get",
+                "pod",
+                "web-0",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.metadata.labels.controller-revision-hash}",
+            ],
+        )
+        .await?;
+    if back != revision {
+        bail!("after undo web-0 should be at the first revision {revision}, got {back:?}");
+    }
     Ok(())
+}
+
+/// Polls until `web-0` runs `image`, then plays the agent and makes it Ready.
+async fn web0_runs(c: &Cluster, k: Kubectl, ns: &str, image: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = c
+            .kubectl(
+                k,
+                &[
+                    "get",
+                    "pod",
+                    "web-0",
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.spec.containers[0].image}",
+                ],
+            )
+            .await?;
+        if got.status.success() && String::from_utf8_lossy(&got.stdout) == image {
+            return make_ready(c, k, ns, "web-0").await;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "web-0 never ran {image}: {}{}",
+                String::from_utf8_lossy(&got.stdout),
+                String::from_utf8_lossy(&got.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until `kubectl rollout history` lists exactly the revisions `want`.
+async fn history_is(c: &Cluster, k: Kubectl, ns: &str, want: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = c
+            .kubectl_ok(k, &["rollout", "history", "sts/web", "-n", ns])
+            .await?;
+        let got: Vec<&str> = history
+            .lines()
+            .skip_while(|l| !l.starts_with("REVISION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("rollout history should list {want:?}:\n{history}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -18,10 +18,13 @@
 //! NoSchedule, network-unavailable for hostNetwork); eligibility is judged with them, and
 //! node taints come from `spec.taints` only, as the DaemonSet controller reads them.
 //!
-//! kith serves no ControllerRevisions, so a pod's revision is only its
-//! `controller-revision-hash` label: the deployment controller's template hash of the
-//! DaemonSet's template and collision count. Differences from Kubernetes, kept small on
-//! purpose: no `pod-template-generation` label, no adoption of orphan pods, failed pods are
+//! A pod's revision is its `controller-revision-hash` label: the deployment controller's
+//! template hash of the DaemonSet's template and collision count. Each template is also
+//! recorded as a ControllerRevision `<ds>-<hash>` (see [`super::history`]) before pods are
+//! made from it, so `kubectl rollout history|undo daemonset/x` work; old ones are pruned
+//! beyond `revisionHistoryLimit` unless pods still run them. Differences from Kubernetes,
+//! kept small on purpose: a name taken by another owner's revision is not resolved by a
+//! collision count (the pass fails and retries), no `pod-template-generation` label, no adoption of orphan pods, failed pods are
 //! deleted without the per-node back-off (there is no agent to fight with), and creations
 //! are not batched by slow start.
 
@@ -31,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
     PodSpec, Taint, Toleration,
@@ -51,7 +54,7 @@ use crate::scheduler::selectors::{node_selector_terms_match, tolerated};
 /// The name events from this controller carry as their source.
 pub const COMPONENT: &str = "daemonset-controller";
 /// The label naming the template revision a pod was made from.
-pub const HASH_LABEL: &str = "controller-revision-hash";
+pub const HASH_LABEL: &str = super::history::HASH_LABEL;
 /// A pass with nothing pending still runs this often, in case a watch missed something.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -210,6 +213,33 @@ pub fn revision_hash(ds: &DaemonSet) -> Result<String, Error> {
     let spec = ds.spec.as_ref().ok_or(Error::Missing("spec"))?;
     let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
     Ok(pod_template_hash(&spec.template, collisions))
+}
+
+/// What to change in the DaemonSet's ControllerRevisions, given those of its namespace and
+/// its pods (whose revisions are kept). Pure.
+pub fn history(
+    ds: &DaemonSet,
+    revisions: &[ControllerRevision],
+    pods: &[Pod],
+) -> Result<super::history::HistoryPlan, Error> {
+    let spec = ds.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let owner = controller_ref(ds).ok_or(Error::Missing("name or uid"))?;
+    let uid = owner.uid.clone();
+    let hash = revision_hash(ds)?;
+    let current = super::history::revision_for(owner, &ds.metadata, &spec.template, &hash)?;
+    // A DaemonSet's pods carry the hash; its revisions are named `<ds>-<hash>`.
+    let live = pods
+        .iter()
+        .filter(|p| controller_of(*p).is_some_and(|o| o.uid == uid))
+        .filter_map(|p| p.labels().get(HASH_LABEL))
+        .map(|h| format!("{}-{h}", ds.name_any()))
+        .collect();
+    Ok(super::history::plan(
+        current,
+        revisions,
+        spec.revision_history_limit,
+        &live,
+    ))
 }
 
 /// The pod a DaemonSet runs on `node`: its template with the daemon tolerations, the
@@ -588,11 +618,13 @@ struct Ctx {
 pub async fn run(client: Client) {
     let dss: Api<DaemonSet> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
+    let revisions: Api<ControllerRevision> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let controller = Controller::new(dss, watcher::Config::default());
     let store = controller.store();
     controller
         .owns(pods, watcher::Config::default())
+        .owns(revisions, watcher::Config::default())
         // Any node change may change which nodes a DaemonSet wants: look at all of them.
         .watches(nodes, watcher::Config::default(), move |_node| {
             store
@@ -624,6 +656,9 @@ async fn reconcile_one(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Erro
         .items;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let all = pods.list(&ListParams::default()).await?.items;
+    let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = revisions.list(&ListParams::default()).await?.items;
+    super::history::record(&revisions, &history(&ds, &existing, &all)?).await?;
     let plan = reconcile(&ds, &nodes, &all, jiff::Timestamp::now())?;
     let reference = ds.object_ref(&());
     let hash = revision_hash(&ds)?;
@@ -794,6 +829,51 @@ mod tests {
         }
         p.status = Some(status);
         p
+    }
+
+    #[test]
+    fn history_records_the_template_and_keeps_what_pods_run() {
+        let v1 = ds("v1", 0, "1");
+        let v2 = ds("v2", 0, "1");
+        // The v1 revision as an earlier pass recorded it, then ten more templates.
+        let first = history(&v1, &[], &[])
+            .expect("plan")
+            .create
+            .expect("create");
+        assert_eq!(first.revision, 1);
+        let h1 = revision_hash(&v1).expect("hash");
+        assert_eq!(first.metadata.name, Some(format!("agent-{h1}")));
+        assert_eq!(
+            first
+                .data
+                .as_ref()
+                .map(|d| &d.0["spec"]["template"]["spec"]["containers"][0]["image"]),
+            Some(&json!("v1"))
+        );
+        let mut existing = vec![first];
+        for i in 0..10 {
+            let mut r = history(&ds(&format!("x{i}"), 0, "1"), &existing, &[])
+                .expect("plan")
+                .create
+                .expect("create");
+            r.revision = i + 2;
+            existing.push(r);
+        }
+        // Going to v2 with 11 old revisions: the oldest (v1) goes, unless a pod runs it.
+        let v1_pod = |flags: &str| {
+            let mut p = pod("p", "n1", "old", flags, 0);
+            p.labels_mut().insert(HASH_LABEL.into(), h1.clone());
+            p
+        };
+        let plan = history(&v2, &existing, &[]).expect("plan");
+        assert_eq!(plan.create.map(|r| r.revision), Some(12));
+        assert_eq!(plan.delete, [format!("agent-{h1}")]);
+        let plan = history(&v2, &existing, &[v1_pod("")]).expect("plan");
+        assert_ne!(plan.delete, [format!("agent-{h1}")]);
+        assert_eq!(plan.delete.len(), 1);
+        // Another owner's pod on that revision does not keep it.
+        let plan = history(&v2, &existing, &[v1_pod("o")]).expect("plan");
+        assert_eq!(plan.delete, [format!("agent-{h1}")]);
     }
 
     #[test]

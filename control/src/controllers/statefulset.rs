@@ -15,9 +15,11 @@
 //! replacing to whoever deletes the pods.
 //!
 //! A revision is the set name and a hash of the pod template, carried on every pod as the
-//! `controller-revision-hash` label. kith does not serve ControllerRevisions yet, so the
-//! template of an older revision cannot be recovered: every pod is created from the
-//! current template, including one recreated below the partition. Claims are stored as
+//! `controller-revision-hash` label and recorded as a ControllerRevision of that name (see
+//! [`super::history`]), so `kubectl rollout history|undo statefulset/x` work; revisions
+//! beyond `revisionHistoryLimit` go unless pods or `status.currentRevision` name them.
+//! Every pod is still created from the current template, including one recreated below
+//! the partition (Kubernetes would use the current revision's template there). Claims are stored as
 //! objects only; binding them to a local volume is the agent's job, later.
 //!
 //! Like the ReplicaSet controller, each pass lists pods and claims from the API instead of
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
@@ -143,14 +145,42 @@ pub fn claim_name(template: &str, set: &str, ordinal: i32) -> String {
     format!("{template}-{set}-{ordinal}")
 }
 
-/// The revision of the set's current template: `<set>-<hash>`, as Kubernetes names it.
-pub fn update_revision(sts: &StatefulSet) -> Result<String, Error> {
+fn template_hash(sts: &StatefulSet) -> Result<String, Error> {
     let spec = sts.spec.as_ref().ok_or(Error::Missing("spec"))?;
     let collisions = sts.status.as_ref().and_then(|s| s.collision_count);
-    Ok(format!(
-        "{}-{}",
-        sts.name_any(),
-        pod_template_hash(&spec.template, collisions)
+    Ok(pod_template_hash(&spec.template, collisions))
+}
+
+/// The revision of the set's current template: `<set>-<hash>`, as Kubernetes names it.
+pub fn update_revision(sts: &StatefulSet) -> Result<String, Error> {
+    Ok(format!("{}-{}", sts.name_any(), template_hash(sts)?))
+}
+
+/// What to change in the set's ControllerRevisions, given those of its namespace and its
+/// pods: the current template's revision is named [`update_revision`], and revisions that
+/// the set's pods or `status.currentRevision` name are kept. Pure.
+pub fn history(
+    sts: &StatefulSet,
+    revisions: &[ControllerRevision],
+    pods: &[Pod],
+) -> Result<super::history::HistoryPlan, Error> {
+    let spec = sts.spec.as_ref().ok_or(Error::Missing("spec"))?;
+    let owner = controller_ref(sts).ok_or(Error::Missing("name or uid"))?;
+    let uid = owner.uid.clone();
+    let hash = template_hash(sts)?;
+    let current = super::history::revision_for(owner, &sts.metadata, &spec.template, &hash)?;
+    let mut live: BTreeSet<String> = pods
+        .iter()
+        .filter(|p| controller_of(*p).is_some_and(|o| o.uid == uid))
+        .filter_map(revision_of)
+        .map(str::to_string)
+        .collect();
+    live.extend(sts.status.as_ref().and_then(|s| s.current_revision.clone()));
+    Ok(super::history::plan(
+        current,
+        revisions,
+        spec.revision_history_limit,
+        &live,
     ))
 }
 
@@ -490,8 +520,10 @@ struct Ctx {
 pub async fn run(client: Client) {
     let sets: Api<StatefulSet> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
+    let revisions: Api<ControllerRevision> = Api::all(client.clone());
     Controller::new(sets, watcher::Config::default())
         .watches(pods, watcher::Config::default(), |pod| owner_of(&pod))
+        .owns(revisions, watcher::Config::default())
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
         .for_each(super::count_reconciles("statefulset"))
         .await;
@@ -533,6 +565,9 @@ async fn reconcile_one(sts: Arc<StatefulSet>, ctx: Arc<Ctx>) -> Result<Action, E
         .iter()
         .map(|c| c.name_any())
         .collect();
+    let revisions: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = revisions.list(&ListParams::default()).await?.items;
+    super::history::record(&revisions, &history(&sts, &existing, &all)?).await?;
     let plan = reconcile(&sts, &all, &claims, jiff::Timestamp::now())?;
     let set = sts.name_any();
     let reference = sts.object_ref(&());
@@ -1132,6 +1167,46 @@ mod tests {
         let owned = claims_for(&s, 2).expect("claims");
         let refs = owned[0].metadata.owner_references.as_ref().expect("owner");
         assert_eq!(refs[0].uid, "sts-uid");
+    }
+
+    #[test]
+    fn history_names_revisions_as_pods_do_and_keeps_those_in_use() {
+        let mut s = sts(3, "OrderedReady", "RollingUpdate", 0, Some("web-cur"));
+        let created = history(&s, &[], &[]).expect("plan").create.expect("create");
+        assert_eq!(
+            created.metadata.name,
+            Some(update_revision(&s).expect("revision"))
+        );
+        assert_eq!(created.revision, 1);
+        assert_eq!(
+            created
+                .data
+                .as_ref()
+                .map(|d| &d.0["spec"]["template"]["$patch"]),
+            Some(&serde_json::json!("replace"))
+        );
+        // Older templates: with no history kept, only the one that neither a pod nor
+        // status.currentRevision names goes.
+        let old = |name: &str, n: i64| {
+            let mut r = created.clone();
+            r.metadata.name = Some(name.into());
+            r.metadata.labels = Some(labels(&[(REVISION_LABEL, name)]));
+            r.data = Some(k8s_openapi::apimachinery::pkg::runtime::RawExtension(
+                serde_json::json!({"template": n}),
+            ));
+            r.revision = n;
+            r
+        };
+        let existing = [old("web-old", 1), old("web-cur", 2), old("web-gone", 3)];
+        if let Some(spec) = s.spec.as_mut() {
+            spec.revision_history_limit = Some(0);
+        }
+        let plan = history(&s, &existing, &[pod(&s, "web-0", "o")]).expect("plan");
+        assert_eq!(plan.create.map(|r| r.revision), Some(4));
+        assert_eq!(plan.delete, ["web-gone"]);
+        // Another owner's pod does not keep a revision.
+        let plan = history(&s, &existing, &[pod(&s, "web-0", "ox")]).expect("plan");
+        assert_eq!(plan.delete, ["web-old", "web-gone"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
     NodeSelectorTerm, Pod, PodAffinityTerm, PreferredSchedulingTerm, Toleration,
-    TopologySpreadConstraint,
+    TopologySpreadConstraint, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
@@ -38,17 +38,28 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn unresolvable(reason: impl Into<Cow<'static, str>>) -> Self {
+    /// A rejection worded `reason()` when `c.explain` is set, else without words: a pod
+    /// that fits somewhere never shows why other nodes did not take it, so the per-node
+    /// loop leaves out the allocation and formatting.
+    fn new(
+        c: &Candidate<'_>,
+        resolvable: bool,
+        reason: impl FnOnce() -> Cow<'static, str>,
+    ) -> Self {
         Rejection {
-            reasons: vec![reason.into()],
-            resolvable: false,
+            reasons: if c.explain {
+                vec![reason()]
+            } else {
+                Vec::new()
+            },
+            resolvable,
         }
     }
-    fn resolvable(reason: impl Into<Cow<'static, str>>) -> Self {
-        Rejection {
-            reasons: vec![reason.into()],
-            resolvable: true,
-        }
+    fn unresolvable(c: &Candidate<'_>, reason: &'static str) -> Self {
+        Rejection::new(c, false, || reason.into())
+    }
+    fn resolvable(c: &Candidate<'_>, reason: &'static str) -> Self {
+        Rejection::new(c, true, || reason.into())
     }
 }
 
@@ -147,6 +158,15 @@ pub struct Score {
     pub weight: i64,
     pub raw: fn(&Candidate<'_>, &NodeInfo) -> Option<i64>,
     pub normalize: Normalize,
+    /// `Some(v)` when the pod makes this score alike on every node (say, it has no
+    /// preferences of that sort): every node then gets the normalized `v` without `raw`
+    /// being asked node by node.
+    pub uniform: fn(&Candidate<'_>) -> Option<i64>,
+}
+
+/// A score that depends on the node whatever the pod.
+fn never_uniform(_: &Candidate<'_>) -> Option<i64> {
+    None
 }
 
 /// kube-scheduler's default filters, in its order (the first rejection is reported).
@@ -192,75 +212,115 @@ pub const SCORES: &[Score] = &[
         weight: 3,
         raw: score_taints,
         normalize: Normalize::ReverseMax,
+        uniform: never_uniform,
     },
     Score {
         name: "NodeAffinity",
         weight: 2,
         raw: score_node_affinity,
         normalize: Normalize::Max,
+        uniform: no_preferred_terms,
     },
     Score {
         name: "NodeResourcesFit",
         weight: 1,
         raw: score_least_allocated,
         normalize: Normalize::None,
+        uniform: never_uniform,
     },
     Score {
         name: "PodTopologySpread",
         weight: 2,
         raw: score_spread,
         normalize: Normalize::Spread,
+        uniform: no_soft_spread,
     },
     Score {
         name: "InterPodAffinity",
         weight: 2,
         raw: score_pod_affinity,
         normalize: Normalize::MinMax,
+        uniform: no_affinity_scores,
     },
     Score {
         name: "NodeResourcesBalancedAllocation",
         weight: 1,
         raw: score_balanced,
         normalize: Normalize::None,
+        uniform: never_uniform,
     },
 ];
 
 /// One topology spread constraint with the pod counts per domain it needs.
-struct Spread {
-    key: String,
+struct Spread<'a> {
+    key: &'a str,
     max_skew: i64,
-    counts: HashMap<String, i64>,
+    /// Matching pods per domain; a domain missing here holds none.
+    counts: HashMap<&'a str, i64>,
     min: i64,
     self_match: i64,
     /// ln(domains + 2): constraints over more domains weigh more, as in kube-scheduler.
     weight: f64,
 }
 
+/// A (topologyKey, value) pair: one topology domain.
+type Domain<'a> = (&'a str, &'a str);
+
+static NO_LABELS: Labels = BTreeMap::new();
+
 /// What `place` precomputes about the pod once, so each node costs only lookups.
 pub struct Candidate<'a> {
     pub pod: &'a Pod,
     snapshot: &'a Snapshot,
+    /// Whether filters word their rejections (see [`Rejection`]); `place` sets it only
+    /// once the pod turned out to fit nowhere.
+    pub explain: bool,
     pub namespace: &'a str,
-    pub labels: Labels,
+    pub labels: &'a Labels,
     pub node_name: Option<&'a str>,
     pub requests: Resources,
     pub non_zero: Resources,
     pub ports: Vec<HostPort>,
     pub tolerations: &'a [Toleration],
+    /// The tolerations that can tolerate a PreferNoSchedule taint, for its score.
+    prefer_tolerations: Vec<&'a Toleration>,
     node_selector: Option<&'a BTreeMap<String, String>>,
     required_terms: Option<&'a [NodeSelectorTerm]>,
     preferred_terms: &'a [PreferredSchedulingTerm],
-    hard_spread: Vec<Spread>,
-    soft_spread: Vec<Spread>,
-    /// (topologyKey, value) domains an existing pod's required anti-affinity forbids.
-    existing_anti: HashSet<(String, String)>,
+    hard_spread: Vec<Spread<'a>>,
+    soft_spread: Vec<Spread<'a>>,
+    /// Domains an existing pod's required anti-affinity forbids.
+    existing_anti: HashSet<Domain<'a>>,
     required_affinity: &'a [PodAffinityTerm],
     /// Domains holding pods that match all the pod's required affinity terms.
-    affinity_pairs: HashMap<(String, String), i64>,
+    affinity_pairs: HashMap<Domain<'a>, i64>,
+    /// No pod matches the required affinity terms yet but the pod matches them itself:
+    /// the first of a group that wants to be together may go anywhere.
+    first_of_group: bool,
     required_anti: &'a [PodAffinityTerm],
-    anti_pairs: HashSet<(String, String)>,
+    anti_pairs: HashSet<Domain<'a>>,
     /// Preferred (anti-)affinity both ways, summed per domain.
-    affinity_scores: HashMap<(String, String), i64>,
+    affinity_scores: HashMap<Domain<'a>, i64>,
+}
+
+/// The pods in `ns` that `sel` can match, when the selector names a label value: the
+/// shortest list of a `matchLabels` pair or a one-value `In`; `None` means look at all.
+fn pods_to_match<'s>(sel: &LabelSelector, ns: &str, snapshot: &'s Snapshot) -> Option<&'s [usize]> {
+    let labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let one_value_in = sel.match_expressions.iter().flatten().filter_map(|e| {
+        match (e.operator.as_str(), e.values.as_deref()) {
+            ("In", Some([v])) => Some((e.key.as_str(), v.as_str())),
+            _ => None,
+        }
+    });
+    labels
+        .chain(one_value_in)
+        .map(|(k, v)| snapshot.pods_labelled(ns, k, v))
+        .min_by_key(|pods| pods.len())
 }
 
 fn term_namespace_matches(
@@ -302,7 +362,7 @@ impl<'a> Candidate<'a> {
     pub fn new(pod: &'a Pod, snapshot: &'a Snapshot) -> Self {
         let spec = pod.spec.as_ref();
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&NO_LABELS);
         let (requests, non_zero) = pod_requests(pod);
         let node_aff = spec
             .and_then(|s| s.affinity.as_ref())
@@ -310,9 +370,13 @@ impl<'a> Candidate<'a> {
         let aff = spec.and_then(|s| s.affinity.as_ref());
         let pa = aff.and_then(|a| a.pod_affinity.as_ref());
         let paa = aff.and_then(|a| a.pod_anti_affinity.as_ref());
+        let tolerations: &'a [Toleration] = spec
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default();
         let mut c = Candidate {
             pod,
             snapshot,
+            explain: false,
             namespace,
             labels,
             node_name: spec
@@ -321,9 +385,16 @@ impl<'a> Candidate<'a> {
             requests,
             non_zero,
             ports: host_ports(pod),
-            tolerations: spec
-                .and_then(|s| s.tolerations.as_deref())
-                .unwrap_or_default(),
+            tolerations,
+            prefer_tolerations: tolerations
+                .iter()
+                .filter(|t| {
+                    matches!(
+                        t.effect.as_deref(),
+                        None | Some("") | Some("PreferNoSchedule")
+                    )
+                })
+                .collect(),
             node_selector: spec.and_then(|s| s.node_selector.as_ref()),
             required_terms: node_aff
                 .and_then(|a| {
@@ -347,6 +418,7 @@ impl<'a> Candidate<'a> {
                 })
                 .unwrap_or_default(),
             affinity_pairs: HashMap::new(),
+            first_of_group: false,
             required_anti: paa
                 .and_then(|a| {
                     a.required_during_scheduling_ignored_during_execution
@@ -367,10 +439,9 @@ impl<'a> Candidate<'a> {
             .iter()
             .filter(|t| t.when_unsatisfiable == "ScheduleAnyway")
             .collect();
-        c.hard_spread = c.spread_counts(&hard, snapshot);
-        c.soft_spread = c.spread_counts(&soft, snapshot);
+        c.hard_spread = c.spread_counts(&hard);
+        c.soft_spread = c.spread_counts(&soft);
         c.pod_affinity_state(
-            snapshot,
             pa.and_then(|a| {
                 a.preferred_during_scheduling_ignored_during_execution
                     .as_deref()
@@ -382,7 +453,16 @@ impl<'a> Candidate<'a> {
             })
             .unwrap_or_default(),
         );
+        c.first_of_group = !c.required_affinity.is_empty()
+            && c.affinity_pairs.is_empty()
+            && c.required_affinity
+                .iter()
+                .all(|t| term_matches(t, c.namespace, c.namespace, c.labels, snapshot));
         c
+    }
+
+    fn has_node_affinity(&self) -> bool {
+        self.node_selector.is_some() || self.required_terms.is_some()
     }
 
     fn matches_node_affinity(&self, node: &NodeInfo) -> bool {
@@ -398,9 +478,14 @@ impl<'a> Candidate<'a> {
     }
 
     /// The selector of a constraint, narrowed by its matchLabelKeys to this pod's values.
-    fn spread_selector(&self, t: &TopologySpreadConstraint) -> Option<LabelSelector> {
-        let mut sel = t.label_selector.clone()?;
-        for key in t.match_label_keys.iter().flatten() {
+    fn spread_selector(&self, t: &'a TopologySpreadConstraint) -> Option<Cow<'a, LabelSelector>> {
+        let sel = t.label_selector.as_ref()?;
+        let keys = t.match_label_keys.as_deref().unwrap_or_default();
+        if keys.is_empty() {
+            return Some(Cow::Borrowed(sel));
+        }
+        let mut sel = sel.clone();
+        for key in keys {
             if let Some(v) = self.labels.get(key) {
                 sel.match_expressions
                     .get_or_insert_with(Vec::new)
@@ -411,63 +496,86 @@ impl<'a> Candidate<'a> {
                     });
             }
         }
-        Some(sel)
+        Some(Cow::Owned(sel))
     }
 
-    fn spread_counts(
-        &self,
-        constraints: &[&TopologySpreadConstraint],
-        snapshot: &Snapshot,
-    ) -> Vec<Spread> {
+    fn spread_counts(&self, constraints: &[&'a TopologySpreadConstraint]) -> Vec<Spread<'a>> {
         if constraints.is_empty() {
             return Vec::new();
         }
+        let snapshot = self.snapshot;
         // Domains come from nodes the pod could go to by node affinity (nodeAffinityPolicy
-        // Honor, the default) that carry every key of these constraints.
-        let eligible: Vec<bool> = snapshot
-            .nodes
-            .iter()
-            .map(|n| {
-                self.matches_node_affinity(n)
-                    && constraints
-                        .iter()
-                        .all(|t| n.labels.contains_key(&t.topology_key))
-            })
-            .collect();
+        // Honor, the default) that carry every key of these constraints. Without node
+        // affinity, and with every node carrying every key, those are all the nodes and the
+        // snapshot's key statistics give the domains without walking them.
+        let every_node = !self.has_node_affinity()
+            && constraints.iter().all(|t| {
+                snapshot
+                    .node_keys
+                    .get(&t.topology_key)
+                    .is_some_and(|k| k.nodes == snapshot.nodes.len())
+            });
+        let eligible: Option<Vec<bool>> = (!every_node).then(|| {
+            snapshot
+                .nodes
+                .iter()
+                .map(|n| {
+                    self.matches_node_affinity(n)
+                        && constraints
+                            .iter()
+                            .all(|t| n.labels.contains_key(&t.topology_key))
+                })
+                .collect()
+        });
         constraints
             .iter()
             .map(|t| {
+                let key = t.topology_key.as_str();
+                let domains = match &eligible {
+                    None => snapshot.node_keys.get(key).map_or(0, |k| k.values),
+                    Some(eligible) => snapshot
+                        .nodes
+                        .iter()
+                        .zip(eligible)
+                        .filter(|(_, ok)| **ok)
+                        .map(|(n, _)| n.labels[key].as_str())
+                        .collect::<HashSet<_>>()
+                        .len(),
+                } as i64;
                 let selector = self.spread_selector(t);
-                let mut counts: HashMap<String, i64> = HashMap::new();
-                for (n, ok) in snapshot.nodes.iter().zip(&eligible) {
-                    if *ok {
-                        counts.entry(n.labels[&t.topology_key].clone()).or_default();
-                    }
-                }
+                let mut counts: HashMap<&'a str, i64> = HashMap::new();
                 if let Some(sel) = &selector {
-                    for p in &snapshot.pods {
-                        if p.terminating || p.namespace != self.namespace || !eligible[p.node] {
-                            continue;
+                    let mut count = |i: &usize| {
+                        let p = &snapshot.pods[*i];
+                        if p.terminating
+                            || p.namespace != self.namespace
+                            || eligible.as_ref().is_some_and(|e| !e[p.node])
+                        {
+                            return;
                         }
                         if label_selector_matches(sel, &p.labels) {
-                            let v = &snapshot.nodes[p.node].labels[&t.topology_key];
-                            *counts.entry(v.clone()).or_default() += 1;
+                            let v = snapshot.nodes[p.node].labels[key].as_str();
+                            *counts.entry(v).or_default() += 1;
                         }
+                    };
+                    match pods_to_match(sel, self.namespace, snapshot) {
+                        Some(few) => few.iter().for_each(count),
+                        None => (0..snapshot.pods.len()).for_each(|i| count(&i)),
                     }
                 }
-                let domains = counts.len() as i64;
                 let min_domains = i64::from(t.min_domains.unwrap_or(1));
-                let min = if domains < min_domains {
+                // A domain without matching pods is missing from `counts` and holds 0.
+                let min = if domains < min_domains || (counts.len() as i64) < domains {
                     0
                 } else {
                     counts.values().copied().min().unwrap_or(0)
                 };
                 let self_match = selector
                     .as_ref()
-                    .is_some_and(|s| label_selector_matches(s, &self.labels))
+                    .is_some_and(|s| label_selector_matches(s, self.labels))
                     as i64;
                 Spread {
-                    key: t.topology_key.clone(),
+                    key,
                     max_skew: i64::from(t.max_skew),
                     counts,
                     min,
@@ -480,21 +588,21 @@ impl<'a> Candidate<'a> {
 
     fn pod_affinity_state(
         &mut self,
-        snapshot: &Snapshot,
-        preferred: &[k8s_openapi::api::core::v1::WeightedPodAffinityTerm],
-        preferred_anti: &[k8s_openapi::api::core::v1::WeightedPodAffinityTerm],
+        preferred: &'a [WeightedPodAffinityTerm],
+        preferred_anti: &'a [WeightedPodAffinityTerm],
     ) {
-        let domain = |node: usize, key: &str| {
+        let snapshot = self.snapshot;
+        let domain = |node: usize, key: &'a str| -> Option<Domain<'a>> {
             snapshot.nodes[node]
                 .labels
                 .get(key)
-                .map(|v| (key.to_string(), v.clone()))
+                .map(|v| (key, v.as_str()))
         };
         // What existing pods' terms say about this pod: only pods with terms matter.
         for &i in &snapshot.pods_with_affinity {
             let p = &snapshot.pods[i];
             let selects_me = |t: &PodAffinityTerm| {
-                term_matches(t, &p.namespace, self.namespace, &self.labels, snapshot)
+                term_matches(t, &p.namespace, self.namespace, self.labels, snapshot)
             };
             for t in p.required_anti_affinity.iter().filter(|t| selects_me(t)) {
                 if let Some(d) = domain(p.node, &t.topology_key) {
@@ -569,14 +677,14 @@ fn node_unschedulable(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> 
         ..Default::default()
     };
     if !tolerated(c.tolerations, &taint) {
-        return Err(Rejection::unresolvable(ERR_UNSCHEDULABLE));
+        return Err(Rejection::unresolvable(c, ERR_UNSCHEDULABLE));
     }
     Ok(())
 }
 
 fn node_name(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
     match c.node_name {
-        Some(want) if want != n.name => Err(Rejection::unresolvable(ERR_NODE_NAME)),
+        Some(want) if want != n.name => Err(Rejection::unresolvable(c, ERR_NODE_NAME)),
         _ => Ok(()),
     }
 }
@@ -586,11 +694,14 @@ fn taint_toleration(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
         (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerated(c.tolerations, t)
     });
     match untolerated {
-        Some(t) => Err(Rejection::unresolvable(format!(
-            "node(s) had untolerated taint {{{}: {}}}",
-            t.key,
-            t.value.as_deref().unwrap_or_default()
-        ))),
+        Some(t) => Err(Rejection::new(c, false, || {
+            format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.as_deref().unwrap_or_default()
+            )
+            .into()
+        })),
         None => Ok(()),
     }
 }
@@ -599,7 +710,7 @@ fn node_affinity(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
     if c.matches_node_affinity(n) {
         Ok(())
     } else {
-        Err(Rejection::unresolvable(ERR_NODE_AFFINITY))
+        Err(Rejection::unresolvable(c, ERR_NODE_AFFINITY))
     }
 }
 
@@ -608,68 +719,89 @@ fn node_ports(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
         .iter()
         .any(|p| n.used_ports.iter().any(|u| p.conflicts(u)))
     {
-        return Err(Rejection::resolvable(ERR_PORTS));
+        return Err(Rejection::resolvable(c, ERR_PORTS));
     }
     Ok(())
 }
 
-fn resources_fit(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
-    let mut reasons: Vec<Cow<'static, str>> = Vec::new();
-    let mut resolvable = true;
-    if n.pod_count + 1 > n.allowed_pods {
-        reasons.push("Too many pods".into());
-    }
-    let (want, alloc, used) = (&c.requests, &n.allocatable, &n.requested);
-    let mut check = |name: Cow<'static, str>, want: i64, alloc: i64, used: i64| {
+/// The resources a node lacks for a pod, worded only when the candidate explains.
+struct Shortfall {
+    explain: bool,
+    short: bool,
+    reasons: Vec<Cow<'static, str>>,
+    resolvable: bool,
+}
+
+impl Shortfall {
+    fn check(
+        &mut self,
+        want: i64,
+        alloc: i64,
+        used: i64,
+        name: impl FnOnce() -> Cow<'static, str>,
+    ) {
         if want > 0 && want > alloc - used {
-            reasons.push(name);
+            self.short = true;
+            if self.explain {
+                self.reasons.push(name());
+            }
             // Even an empty node could not hold it: evicting pods cannot help.
             if want > alloc {
-                resolvable = false;
+                self.resolvable = false;
             }
         }
+    }
+}
+
+fn resources_fit(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
+    let mut s = Shortfall {
+        explain: c.explain,
+        short: false,
+        reasons: Vec::new(),
+        resolvable: true,
     };
-    check(
-        "Insufficient cpu".into(),
-        want.milli_cpu,
-        alloc.milli_cpu,
-        used.milli_cpu,
-    );
-    check(
-        "Insufficient memory".into(),
-        want.memory,
-        alloc.memory,
-        used.memory,
-    );
-    check(
-        "Insufficient ephemeral-storage".into(),
+    if n.pod_count + 1 > n.allowed_pods {
+        s.short = true;
+        if s.explain {
+            s.reasons.push("Too many pods".into());
+        }
+    }
+    let (want, alloc, used) = (&c.requests, &n.allocatable, &n.requested);
+    s.check(want.milli_cpu, alloc.milli_cpu, used.milli_cpu, || {
+        "Insufficient cpu".into()
+    });
+    s.check(want.memory, alloc.memory, used.memory, || {
+        "Insufficient memory".into()
+    });
+    s.check(
         want.ephemeral_storage,
         alloc.ephemeral_storage,
         used.ephemeral_storage,
+        || "Insufficient ephemeral-storage".into(),
     );
     for (name, v) in &want.scalar {
         let a = alloc.scalar.get(name).copied().unwrap_or(0);
         let u = used.scalar.get(name).copied().unwrap_or(0);
-        check(format!("Insufficient {name}").into(), *v, a, u);
+        s.check(*v, a, u, || format!("Insufficient {name}").into());
     }
-    if reasons.is_empty() {
-        Ok(())
-    } else {
+    if s.short {
         Err(Rejection {
-            reasons,
-            resolvable,
+            reasons: s.reasons,
+            resolvable: s.resolvable,
         })
+    } else {
+        Ok(())
     }
 }
 
 fn topology_spread(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> {
     for s in &c.hard_spread {
-        let Some(v) = n.labels.get(&s.key) else {
-            return Err(Rejection::unresolvable(ERR_SPREAD_LABEL));
+        let Some(v) = n.labels.get(s.key) else {
+            return Err(Rejection::unresolvable(c, ERR_SPREAD_LABEL));
         };
-        let here = s.counts.get(v).copied().unwrap_or(0);
+        let here = s.counts.get(v.as_str()).copied().unwrap_or(0);
         if here + s.self_match - s.min > s.max_skew {
-            return Err(Rejection::resolvable(ERR_SPREAD));
+            return Err(Rejection::resolvable(c, ERR_SPREAD));
         }
     }
     Ok(())
@@ -680,10 +812,10 @@ fn inter_pod_affinity(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> 
         let mut pods_exist = true;
         for t in c.required_affinity {
             let Some(v) = n.labels.get(&t.topology_key) else {
-                return Err(Rejection::unresolvable(ERR_POD_AFFINITY));
+                return Err(Rejection::unresolvable(c, ERR_POD_AFFINITY));
             };
             if c.affinity_pairs
-                .get(&(t.topology_key.clone(), v.clone()))
+                .get(&(t.topology_key.as_str(), v.as_str()))
                 .copied()
                 .unwrap_or(0)
                 <= 0
@@ -692,41 +824,53 @@ fn inter_pod_affinity(c: &Candidate<'_>, n: &NodeInfo) -> Result<(), Rejection> 
             }
         }
         // The first pod of a group that wants to be with itself must go somewhere.
-        let first_of_group = c.affinity_pairs.is_empty()
-            && c.required_affinity
-                .iter()
-                .all(|t| term_matches(t, c.namespace, c.namespace, &c.labels, c.snapshot));
-        if !pods_exist && !first_of_group {
-            return Err(Rejection::unresolvable(ERR_POD_AFFINITY));
+        if !pods_exist && !c.first_of_group {
+            return Err(Rejection::unresolvable(c, ERR_POD_AFFINITY));
         }
     }
-    let in_domain =
-        |set: &HashSet<(String, String)>| set.iter().any(|(k, v)| n.labels.get(k) == Some(v));
-    if in_domain(&c.anti_pairs) {
-        return Err(Rejection::resolvable(ERR_POD_ANTI_AFFINITY));
+    if in_domain(&c.anti_pairs, n) {
+        return Err(Rejection::resolvable(c, ERR_POD_ANTI_AFFINITY));
     }
-    if in_domain(&c.existing_anti) {
-        return Err(Rejection::resolvable(ERR_EXISTING_ANTI_AFFINITY));
+    if in_domain(&c.existing_anti, n) {
+        return Err(Rejection::resolvable(c, ERR_EXISTING_ANTI_AFFINITY));
     }
     Ok(())
 }
 
-fn score_taints(c: &Candidate<'_>, n: &NodeInfo) -> Option<i64> {
-    let prefer: Vec<&Toleration> = c
-        .tolerations
+/// Whether the node lies in one of the domains.
+fn in_domain(domains: &HashSet<Domain<'_>>, n: &NodeInfo) -> bool {
+    domains
         .iter()
-        .filter(|t| {
-            matches!(
-                t.effect.as_deref(),
-                None | Some("") | Some("PreferNoSchedule")
-            )
-        })
-        .collect();
+        .any(|(k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
+}
+
+/// Without preferred terms every node's raw score is 0, and `Max` makes that 0.
+fn no_preferred_terms(c: &Candidate<'_>) -> Option<i64> {
+    c.preferred_terms.is_empty().then_some(0)
+}
+
+/// Without ScheduleAnyway constraints every node's raw score is 0, and `Spread` makes
+/// that 100.
+fn no_soft_spread(c: &Candidate<'_>) -> Option<i64> {
+    c.soft_spread.is_empty().then_some(100)
+}
+
+/// Without (anti-)affinity weights either way every node's raw score is 0, and `MinMax`
+/// makes that 0.
+fn no_affinity_scores(c: &Candidate<'_>) -> Option<i64> {
+    c.affinity_scores.is_empty().then_some(0)
+}
+
+fn score_taints(c: &Candidate<'_>, n: &NodeInfo) -> Option<i64> {
     Some(
         n.taints
             .iter()
             .filter(|t| t.effect == "PreferNoSchedule")
-            .filter(|t| !prefer.iter().any(|tol| super::selectors::tolerates(tol, t)))
+            .filter(|t| {
+                !c.prefer_tolerations
+                    .iter()
+                    .any(|tol| super::selectors::tolerates(tol, t))
+            })
             .count() as i64,
     )
 }
@@ -789,8 +933,8 @@ fn score_spread(c: &Candidate<'_>, n: &NodeInfo) -> Option<i64> {
     }
     let mut total = 0.0;
     for s in &c.soft_spread {
-        let v = n.labels.get(&s.key)?;
-        let count = s.counts.get(v).copied().unwrap_or(0);
+        let v = n.labels.get(s.key)?;
+        let count = s.counts.get(v.as_str()).copied().unwrap_or(0);
         total += count as f64 * s.weight + (s.max_skew - 1) as f64;
     }
     // Fixed point keeps the normalization in integers.
@@ -801,7 +945,7 @@ fn score_pod_affinity(c: &Candidate<'_>, n: &NodeInfo) -> Option<i64> {
     Some(
         c.affinity_scores
             .iter()
-            .filter(|((k, v), _)| n.labels.get(k) == Some(v))
+            .filter(|((k, v), _)| n.labels.get(*k).map(String::as_str) == Some(*v))
             .map(|(_, w)| *w)
             .sum(),
     )
@@ -831,9 +975,10 @@ fn normalize(kind: Normalize, raw: &[Option<i64>]) -> Vec<i64> {
 
 /// The node `pod` should run on, or why none can take it.
 pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
-    let c = Candidate::new(pod, snapshot);
+    let mut c = Candidate::new(pod, snapshot);
     let mut feasible: Vec<&NodeInfo> = Vec::new();
-    let mut rejections = Vec::new();
+    // Only where they are: the reasons are worded once the pod fits nowhere.
+    let mut rejected: Vec<&NodeInfo> = Vec::new();
     let total = snapshot.nodes.len();
     let want = feasible_nodes_to_find(total);
     let start = if total == 0 {
@@ -847,9 +992,10 @@ pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
         .chain(&snapshot.nodes[..start])
     {
         examined += 1;
-        match FILTERS.iter().try_for_each(|f| (f.check)(&c, node)) {
-            Ok(()) => feasible.push(node),
-            Err(r) => rejections.push((node.name.clone(), r)),
+        if FILTERS.iter().all(|f| (f.check)(&c, node).is_ok()) {
+            feasible.push(node);
+        } else {
+            rejected.push(node);
         }
         if feasible.len() >= want {
             break;
@@ -860,6 +1006,14 @@ pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
     }
     match feasible.as_slice() {
         [] => {
+            c.explain = true;
+            let rejections = rejected
+                .iter()
+                .filter_map(|node| {
+                    let r = FILTERS.iter().try_for_each(|f| (f.check)(&c, node));
+                    r.err().map(|r| (node.name.clone(), r))
+                })
+                .collect();
             return Err(Unschedulable {
                 total_nodes: snapshot.nodes.len(),
                 rejections,
@@ -868,7 +1022,7 @@ pub fn place(pod: &Pod, snapshot: &Snapshot) -> Result<String, Unschedulable> {
                     .as_ref()
                     .and_then(|s| s.preemption_policy.as_deref())
                     == Some("Never"),
-            })
+            });
         }
         // Nothing to compare: kube-scheduler skips scoring too.
         [only] => return Ok(only.name.clone()),
@@ -921,6 +1075,10 @@ pub fn scores(pod: &Pod, snapshot: &Snapshot) -> Vec<(String, i64)> {
 fn total_scores(c: &Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
     let mut totals = vec![0i64; feasible.len()];
     for s in SCORES {
+        if let Some(v) = (s.uniform)(c) {
+            totals.iter_mut().for_each(|t| *t += s.weight * v);
+            continue;
+        }
         let raw: Vec<Option<i64>> = feasible.iter().map(|n| (s.raw)(c, n)).collect();
         for (t, v) in totals.iter_mut().zip(normalize(s.normalize, &raw)) {
             *t += s.weight * v;
@@ -931,7 +1089,65 @@ fn total_scores(c: &Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
 
 #[cfg(test)]
 mod sample_tests {
-    use super::feasible_nodes_to_find;
+    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use serde_json::json;
+
+    #[test]
+    fn uniform_scores_are_what_every_node_would_score() {
+        let node = |name: &str, zone: &str, cpu: &str, taints: serde_json::Value| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"zone": zone, "kubernetes.io/hostname": name}},
+                "spec": {"taints": taints},
+                "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+                    "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .expect("node")
+        };
+        let nodes = [
+            node("a", "z1", "4", json!([])),
+            node(
+                "b",
+                "z2",
+                "2",
+                json!([{"key": "spot", "effect": "PreferNoSchedule"}]),
+            ),
+            node("c", "z2", "8", json!([])),
+        ];
+        let bound: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "w", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": "c", "containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}
+        }))
+        .expect("pod");
+        let snap = Snapshot::new(&nodes, [&bound]);
+        let pods = [
+            json!({"containers": [{"name": "c"}]}),
+            json!({"containers": [{"name": "c"}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}),
+            json!({"containers": [{"name": "c"}], "tolerations": [{"key": "spot", "operator": "Exists"}]}),
+        ];
+        let mut checked = 0;
+        for spec in pods {
+            let pod: Pod = serde_json::from_value(
+                json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": spec}),
+            )
+            .expect("pod");
+            let c = Candidate::new(&pod, &snap);
+            for s in SCORES {
+                let Some(v) = (s.uniform)(&c) else { continue };
+                let raw: Vec<Option<i64>> = snap.nodes.iter().map(|n| (s.raw)(&c, n)).collect();
+                assert_eq!(
+                    normalize(s.normalize, &raw),
+                    vec![v; snap.nodes.len()],
+                    "{}",
+                    s.name
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 9, "three uniform scores for each of three pods");
+    }
 
     #[test]
     fn nodes_to_score_follow_kube_scheduler() {

@@ -221,8 +221,23 @@ pub struct Snapshot {
     pub by_name: HashMap<String, usize>,
     /// Labels of namespaces, for affinity terms with a namespaceSelector.
     pub namespace_labels: HashMap<String, Labels>,
+    /// Per node label key, how many nodes carry it and how many values it takes: topology
+    /// spread reads its domains here instead of walking every node for every pod.
+    pub node_keys: HashMap<String, KeyStats>,
+    /// Indices into `pods` by namespace, label key and label value: the pods a selector
+    /// with `key=value` can match, so spread counting looks at those instead of all pods.
+    pub pods_by_label: HashMap<String, HashMap<String, HashMap<String, Vec<usize>>>>,
     /// Where the next placement starts looking (see `place::feasible_nodes_to_find`).
     pub next_start: NextStart,
+}
+
+/// How one node label key is spread over the snapshot's nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyStats {
+    /// Nodes carrying the key.
+    pub nodes: usize,
+    /// Distinct values it takes on them.
+    pub values: usize,
 }
 
 /// The node index the next placement starts scanning from. kube-scheduler rotates it so
@@ -323,6 +338,25 @@ impl Snapshot {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let mut values: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+        for n in &s.nodes {
+            for (k, v) in &n.labels {
+                values.entry(k).or_default().insert(v);
+            }
+        }
+        let mut node_keys = HashMap::with_capacity(values.len());
+        for n in &s.nodes {
+            for k in n.labels.keys() {
+                node_keys
+                    .entry(k.clone())
+                    .or_insert_with(|| KeyStats {
+                        nodes: 0,
+                        values: values[k.as_str()].len(),
+                    })
+                    .nodes += 1;
+            }
+        }
+        s.node_keys = node_keys;
         for pod in pods {
             if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
                 if !is_terminal(pod) {
@@ -384,7 +418,36 @@ impl Snapshot {
         {
             self.pods_with_affinity.push(self.pods.len());
         }
+        let at = self.pods.len();
+        let by_key = match self.pods_by_label.get_mut(&placed.namespace) {
+            Some(m) => m,
+            None => self
+                .pods_by_label
+                .entry(placed.namespace.clone())
+                .or_default(),
+        };
+        for (k, v) in &placed.labels {
+            let by_value = match by_key.get_mut(k) {
+                Some(m) => m,
+                None => by_key.entry(k.clone()).or_default(),
+            };
+            match by_value.get_mut(v) {
+                Some(list) => list.push(at),
+                None => {
+                    by_value.insert(v.clone(), vec![at]);
+                }
+            }
+        }
         self.pods.push(placed);
+    }
+
+    /// Indices into `pods` of the pods in `namespace` labelled `key=value`.
+    pub fn pods_labelled(&self, namespace: &str, key: &str, value: &str) -> &[usize] {
+        self.pods_by_label
+            .get(namespace)
+            .and_then(|m| m.get(key))
+            .and_then(|m| m.get(value))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Record the labels of a namespace (for namespaceSelector in affinity terms).

@@ -576,3 +576,86 @@ fn assume_counts_pods_placed_in_the_same_batch() {
         "{err}"
     );
 }
+
+#[test]
+fn spread_counts_only_the_pods_its_selector_means() {
+    let web = |version: &str| labels(json!({"app": "web", "version": version}));
+    let elsewhere = json!({"metadata": {"namespace": "other"}});
+    let spread = |keys: Value| json!({"spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}, "matchLabelKeys": keys}]}});
+    let zones = || {
+        vec![
+            node("a", zone("z1", "a")),
+            node("b", zone("z1", "b")),
+            node("c", zone("z2", "c")),
+        ]
+    };
+    run(vec![
+        Case {
+            name: "pods of another namespace do not count",
+            nodes: zones(),
+            pods: vec![
+                bound("w1", "a", web("v1")),
+                bound("o1", "c", with(web("v1"), elsewhere.clone())),
+                bound("o2", "c", with(web("v1"), elsewhere.clone())),
+            ],
+            pod: pod("p", with(web("v1"), spread(json!([])))),
+            want: Ok("c"),
+        },
+        Case {
+            name: "matchLabelKeys narrows the count to the pod's own version",
+            nodes: zones(),
+            pods: vec![
+                bound("old1", "c", web("v1")),
+                bound("old2", "c", web("v1")),
+                bound("new1", "a", web("v2")),
+            ],
+            pod: pod("p", with(web("v2"), spread(json!(["version"])))),
+            want: Ok("c"),
+        },
+        Case {
+            name: "without matchLabelKeys every version counts",
+            nodes: zones(),
+            pods: vec![
+                bound("old1", "c", web("v1")),
+                bound("old2", "c", web("v1")),
+                bound("new1", "a", web("v2")),
+            ],
+            // z2 holds 2, z1 1: only z1 keeps the skew, and b is the emptier z1 node.
+            pod: pod("p", with(web("v2"), spread(json!([])))),
+            want: Ok("b"),
+        },
+        Case {
+            name: "a node without the key is no domain and its pods do not count",
+            nodes: vec![
+                node("a", zone("z1", "a")),
+                node("b", json!({})),
+                node("c", zone("z2", "c")),
+            ],
+            pods: vec![
+                bound("w1", "a", web("v1")),
+                bound("w2", "b", web("v1")),
+                bound("w3", "b", web("v1")),
+            ],
+            pod: pod("p", with(web("v1"), spread(json!([])))),
+            want: Ok("c"),
+        },
+        Case {
+            name: "with a nodeSelector only the selected nodes make domains",
+            nodes: vec![
+                node("a", zone("z1", "a")),
+                node("b", with(zone("z2", "b"), labels(json!({"disk": "ssd"})))),
+                node("c", with(zone("z3", "c"), labels(json!({"disk": "ssd"})))),
+            ],
+            // z1 is empty but not selectable: the minimum is over z2 and z3 only.
+            pods: vec![bound("w1", "b", web("v1")), bound("w2", "c", web("v1"))],
+            pod: pod(
+                "p",
+                with(
+                    with(web("v1"), spread(json!([]))),
+                    json!({"spec": {"nodeSelector": {"disk": "ssd"}}}),
+                ),
+            ),
+            want: Ok("b"),
+        },
+    ]);
+}

@@ -339,6 +339,24 @@ fn synthetic_pod(app: &App, replica: usize, seq: usize) -> Result<Pod> {
     .context("synthetic pod")
 }
 
+/// FNV-1a over every decision (the node, or the FailedScheduling message) in order: equal
+/// fingerprints mean two builds of the scheduler decided every pod alike.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        for b in bytes.iter().chain(b"\n") {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 fn micros(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e7).round() / 10.0
 }
@@ -384,6 +402,10 @@ impl Breakdown {
         self.rejected_nodes += snapshot.nodes.len() - left.len();
         if left.len() > 1 {
             for (s, spent) in SCORES.iter().zip(&mut self.scores) {
+                // `place` does not ask a score node by node when the pod makes it uniform.
+                if (s.uniform)(&c).is_some() {
+                    continue;
+                }
                 let t = Instant::now();
                 let raw: Vec<Option<i64>> = left.iter().map(|n| (s.raw)(&c, n)).collect();
                 *spent += t.elapsed();
@@ -454,17 +476,25 @@ fn main() -> Result<()> {
     let mut unschedulable = 0usize;
     let mut each: Vec<Duration> = Vec::with_capacity(pods.len());
     let mut by_kind: BTreeMap<Kind, (usize, Duration)> = BTreeMap::new();
+    let mut decisions = Fnv::default();
     let decide = Instant::now();
     for (kind, pod) in &pods {
         let t = Instant::now();
-        match place(pod, &snapshot) {
-            Ok(node) => {
-                snapshot.assume(pod, &node);
-                placed += 1;
-            }
-            Err(_) => unschedulable += 1,
+        let decision = place(pod, &snapshot);
+        if let Ok(node) = &decision {
+            snapshot.assume(pod, node);
         }
         let d = t.elapsed();
+        match &decision {
+            Ok(node) => {
+                placed += 1;
+                decisions.add(node.as_bytes());
+            }
+            Err(why) => {
+                unschedulable += 1;
+                decisions.add(why.to_string().as_bytes());
+            }
+        }
         each.push(d);
         let e = by_kind.entry(*kind).or_default();
         e.0 += 1;
@@ -525,6 +555,7 @@ fn main() -> Result<()> {
         "max_us": micros(each.last().copied().unwrap_or_default()),
         "nodes_used": used_nodes,
         "max_pods_on_a_node": busiest,
+        "decisions_fnv": format!("{:016x}", decisions.0),
         "by_kind": kinds,
         "breakdown": breakdown.json(),
         "seed": args.seed,
