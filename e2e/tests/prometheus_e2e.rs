@@ -582,6 +582,10 @@ async fn scenario(c: &Cluster) -> Result<()> {
             Box::new(|v| v > 0.0),
         ),
         (
+            "scheduler_pending_pods{queue=\"unschedulable\"}".into(),
+            Box::new(|v| v >= 0.0),
+        ),
+        (
             "kith_controller_reconcile_total{controller=\"deployment\"}".into(),
             Box::new(|v| v > 0.0),
         ),

@@ -29,7 +29,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -42,6 +42,11 @@ use crate::store::{NodeId, RaftStore};
 struct ScheduleLabels {
     result: String,
     profile: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +79,7 @@ pub struct ControlMetrics {
     schedule_seconds: Family<ScheduleLabels, Histogram, fn() -> Histogram>,
     reconciles: Family<ControllerLabels, Counter>,
     reconcile_errors: Family<ControllerLabels, Counter>,
+    pending_pods: Family<QueueLabels, Gauge>,
     leader_changes: Counter,
 }
 
@@ -87,6 +93,7 @@ static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| ControlMetrics {
     schedule_seconds: Family::new_with_constructor(schedule_histogram as fn() -> Histogram),
     reconciles: Family::default(),
     reconcile_errors: Family::default(),
+    pending_pods: Family::default(),
     leader_changes: Counter::default(),
 });
 
@@ -106,6 +113,22 @@ impl ControlMetrics {
         self.schedule_seconds
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// The scheduler's queue after a pass, as kube-scheduler's `scheduler_pending_pods`:
+    /// `active` pods about to be tried, `backoff` ones waiting after a failed binding,
+    /// `unschedulable` ones waiting for the cluster to change.
+    pub fn pending_pods(&self, active: usize, backoff: usize, unschedulable: usize) {
+        for (queue, n) in [
+            ("active", active),
+            ("backoff", backoff),
+            ("unschedulable", unschedulable),
+        ] {
+            let labels = QueueLabels {
+                queue: queue.to_string(),
+            };
+            self.pending_pods.get_or_create(&labels).set(n as i64);
+        }
     }
 
     /// One pass of `controller`'s reconcile; `ok` is whether it succeeded.
@@ -153,6 +176,11 @@ impl ControlMetrics {
             "kith_controller_reconcile_errors",
             "Reconcile passes of each controller that failed",
             self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "scheduler_pending_pods",
+            "Number of pending pods, by the queue type",
+            self.pending_pods.clone(),
         );
         registry.register(
             "kith_raft_leader_changes",

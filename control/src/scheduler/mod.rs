@@ -65,6 +65,15 @@ struct Backoff {
     seen: Option<String>,
     /// The cluster (nodes and bound pods) when it failed: any change retries it.
     cluster: u64,
+    /// Waiting because no node fits (not because the binding failed).
+    unschedulable: bool,
+}
+
+/// The pods waiting in `backoff` as (failed binding, unschedulable), for
+/// `scheduler_pending_pods`.
+fn waiting(backoff: &HashMap<String, Backoff>) -> (usize, usize) {
+    let unschedulable = backoff.values().filter(|b| b.unschedulable).count();
+    (backoff.len() - unschedulable, unschedulable)
 }
 
 /// Whether `pod` is this scheduler's to place now.
@@ -303,6 +312,7 @@ async fn pass(
                             until,
                             seen: pod.metadata.resource_version.clone(),
                             cluster,
+                            unschedulable: false,
                         },
                     );
                     next = Some(next.map_or(until, |n| n.min(until)));
@@ -340,12 +350,16 @@ async fn pass(
                         until,
                         seen,
                         cluster,
+                        unschedulable: true,
                     },
                 );
                 next = Some(next.map_or(until, |n| n.min(until)));
             }
         }
     }
+    // Every pod not backing off was tried: what waits is in `backoff`.
+    let (failed, unschedulable) = waiting(backoff);
+    metrics::control().pending_pods(0, failed, unschedulable);
     next
 }
 

@@ -659,3 +659,30 @@ fn spread_counts_only_the_pods_its_selector_means() {
         },
     ]);
 }
+
+#[test]
+fn waiting_pods_by_queue() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let b = |unschedulable| super::Backoff {
+        delay: Duration::from_secs(1),
+        until: Instant::now(),
+        seen: None,
+        cluster: 0,
+        unschedulable,
+    };
+    let cases: Vec<(Vec<bool>, (usize, usize))> = vec![
+        (vec![], (0, 0)),
+        (vec![true], (0, 1)),
+        (vec![false], (1, 0)),
+        (vec![true, false, true], (1, 2)),
+    ];
+    for (kinds, want) in cases {
+        let map: std::collections::HashMap<String, super::Backoff> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("uid-{i}"), b(*u)))
+            .collect();
+        assert_eq!(super::waiting(&map), want, "{kinds:?}");
+    }
+}
