@@ -88,19 +88,13 @@ pub fn endpoints(leases: &[Lease], now: Timestamp) -> Vec<SocketAddr> {
 /// Writes this box's lease now (server-side apply: creates or renews).
 pub async fn renew(client: &kube::Client, node_id: u64, addr: SocketAddr) -> kube::Result<()> {
     let leases = kube::Api::<Lease>::namespaced(client.clone(), NAMESPACE);
-    let mut want = lease(node_id, addr, Timestamp::now());
-    want.metadata.namespace = None;
-    let body = serde_json::json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": want.metadata,
-        "spec": want.spec,
-    });
+    // k8s-openapi writes apiVersion and kind, as an apply body needs.
+    let want = lease(node_id, addr, Timestamp::now());
     leases
         .patch(
             &lease_name(node_id),
             &PatchParams::apply("kube-apiserver").force(),
-            &Patch::Apply(body),
+            &Patch::Apply(&want),
         )
         .await
         .map(|_| ())

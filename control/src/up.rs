@@ -198,15 +198,16 @@ pub async fn run(
     };
     let api = Arc::new(Api::new(store.clone()));
     let advertise = SocketAddr::new(advertise_ip(cfg.listen.ip()), cfg.listen.port());
-    let cluster_ip = clusterip::Range::default().kubernetes_service_ip();
-    let service_objects =
-        kubernetes_service_objects(&[advertise.ip()], advertise.port(), cluster_ip);
+    let kubernetes = Service {
+        own: advertise,
+        cluster_ip: clusterip::Range::default().kubernetes_service_ip(),
+    };
     // A box that leads from the start (always so for one box) has the system namespaces
     // and the kubernetes Service before it says it is up; later leaders make sure of them
     // when they take over (`leader_duties`).
     let bootstrapped = store.leader() == Some(store.node_id());
     if bootstrapped {
-        bootstrap_objects(&api, &service_objects).await?;
+        bootstrap_objects(&api, kubernetes).await?;
     }
     let auth = Authenticator::new(pki.tokens());
     let mut metrics = Metrics::new();
@@ -245,11 +246,7 @@ pub async fn run(
         client,
         api.clone(),
         cfg.cluster_cidr,
-        Service {
-            objects: service_objects,
-            own: advertise,
-            cluster_ip,
-        },
+        kubernetes,
         bootstrapped,
     ));
     let mut agent_task = None;
@@ -305,22 +302,28 @@ pub async fn run(
 /// The system namespaces and the `kubernetes` Service, created if missing.
 async fn bootstrap_objects(
     api: &Arc<Api<Arc<RaftStore>>>,
-    service_objects: &[(&'static str, &'static str, Value)],
+    service: Service,
 ) -> Result<(), UpError> {
     for ns in SYSTEM_NAMESPACES {
         ensure_namespace(api, ns).await?;
     }
-    ensure_kubernetes_service(api, service_objects)
+    ensure_kubernetes_service(api, &service.objects(&[service.own.ip()]))
         .await
         .map_err(UpError::KubernetesService)
 }
 
-/// The `kubernetes` Service as this box first makes it, and what keeping it needs.
+/// Where the `kubernetes` Service points: this box's API address and the Service's IP.
+#[derive(Clone, Copy)]
 struct Service {
-    objects: Vec<(&'static str, &'static str, Value)>,
-    /// This box's API address.
     own: SocketAddr,
     cluster_ip: Ipv4Addr,
+}
+
+impl Service {
+    /// Its objects naming the boxes at `ips` (this box's port).
+    fn objects(&self, ips: &[IpAddr]) -> Vec<(&'static str, &'static str, Value)> {
+        kubernetes_service_objects(ips, self.own.port(), self.cluster_ip)
+    }
 }
 
 /// What only the leader does: controllers, the scheduler, keeping the system objects
@@ -350,7 +353,7 @@ async fn leader_duties(
                 tracing::info!(node = me, "leading: starting controllers and the scheduler");
                 // Done at start-up already when this box led from the start.
                 if !std::mem::take(&mut bootstrapped) {
-                    if let Err(e) = bootstrap_objects(&api, &service.objects).await {
+                    if let Err(e) = bootstrap_objects(&api, service).await {
                         tracing::warn!(error = %e, "making sure of the system objects");
                     }
                 }
@@ -358,8 +361,7 @@ async fn leader_duties(
                 set.spawn(keep_kubernetes_service(
                     api.clone(),
                     client.clone(),
-                    service.own,
-                    service.cluster_ip,
+                    service,
                 ));
                 set.spawn(crate::pki::join::clean_forever(client.clone()));
                 running = Some(set);
@@ -551,8 +553,7 @@ async fn ensure_kubernetes_service<S: ObjectStore>(
 async fn keep_kubernetes_service<S: ObjectStore>(
     api: Arc<Api<S>>,
     client: kube::Client,
-    own: SocketAddr,
-    cluster_ip: Ipv4Addr,
+    service: Service,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -562,10 +563,10 @@ async fn keep_kubernetes_service<S: ObjectStore>(
             Ok(live) => live,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the API server leases");
-                vec![own]
+                vec![service.own]
             }
         };
-        let objects = kubernetes_service_objects(&service_ips(own, &live), own.port(), cluster_ip);
+        let objects = service.objects(&service_ips(service.own, &live));
         if let Err(e) = ensure_kubernetes_service(&api, &objects).await {
             tracing::warn!(error = %e, "keeping the kubernetes service");
         }

@@ -825,11 +825,11 @@ macro_rules! kubectl_tests {
     };
 }
 
-/// A loopback registry holding `busybox:1` and a one-box cluster whose agent (names from
-/// `tag`, see [`AgentOptions::unique`]) runs real containers: where the agent tests start.
-/// Returns the image's name too; keep the registry alive as long as pods may pull.
+/// A loopback registry holding `busybox:1` and a one-box cluster whose agent (`agent`)
+/// runs real containers: where the agent tests start. Returns the image's name too; keep
+/// the registry alive as long as pods may pull.
 pub async fn busybox_cluster(
-    tag: &str,
+    agent: AgentOptions,
 ) -> Result<(kith_agent::image::testing::TestRegistry, String, Cluster)> {
     use kith_agent::image::testing::{ImageOptions, TestRegistry};
     let registry = TestRegistry::start().context("start registry")?;
@@ -839,7 +839,7 @@ pub async fn busybox_cluster(
         .context("push busybox")?;
     let image = registry.image("busybox", "1");
     let cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique(tag)),
+        agent: Some(agent),
         ..Default::default()
     })
     .await?;

@@ -6,9 +6,8 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
+use anyhow::{bail, Result};
+use kith_e2e::{busybox_cluster, AgentOptions, Cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
 
@@ -50,18 +49,8 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_log_restart_and_clean_up() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await
-        .context("push busybox")?;
-    let image = registry.image("busybox", "1");
     let agent = AgentOptions::unique("pods");
-    let cluster = Cluster::up_with(Options {
-        agent: Some(agent.clone()),
-        ..Default::default()
-    })
-    .await?;
+    let (registry, image, cluster) = busybox_cluster(agent.clone()).await?;
     let ns = cluster.namespace("agent-e2e").await?;
 
     // A pod that prints and then serves forever.
@@ -290,16 +279,7 @@ fn pod_pids(uid: &str) -> Vec<u32> {
 /// probe restarts its container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_kith_keeps_containers_and_liveness_restarts() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await?;
-    let image = registry.image("busybox", "1");
-    let mut cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique("keep")),
-        ..Default::default()
-    })
-    .await?;
+    let (_registry, image, mut cluster) = busybox_cluster(AgentOptions::unique("keep")).await?;
     let ns = cluster.namespace("keep").await?;
     let pods = format!(
         r#"apiVersion: v1

@@ -9,14 +9,14 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use kith_e2e::{busybox_cluster, Kubectl};
+use kith_e2e::{busybox_cluster, AgentOptions, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
 const PHASE: &str = "{.status.phase}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_and_run_interactive() -> Result<()> {
-    let (_registry, image, cluster) = busybox_cluster("attach").await?;
+    let (_registry, image, cluster) = busybox_cluster(AgentOptions::unique("attach")).await?;
     let ns = cluster.namespace("attach").await?;
     let pods = format!(
         r#"apiVersion: v1

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use kith_e2e::{busybox_cluster, Cluster, Kubectl};
+use kith_e2e::{busybox_cluster, AgentOptions, Cluster, Kubectl};
 
 /// Polls `kubectl get` with a jsonpath until its output is `want`.
 async fn wait_jsonpath(
@@ -185,7 +185,7 @@ async fn exec_checks(cluster: &Cluster, k: Kubectl, ns: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_exec_through_the_api_server() -> Result<()> {
-    let (_registry, image, cluster) = busybox_cluster("exec").await?;
+    let (_registry, image, cluster) = busybox_cluster(AgentOptions::unique("exec")).await?;
     let ns = cluster.namespace("exec-e2e").await?;
     let pods = format!(
         r#"apiVersion: v1

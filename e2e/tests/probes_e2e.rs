@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use kith_e2e::{busybox_cluster, Kubectl};
+use kith_e2e::{busybox_cluster, AgentOptions, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
 
@@ -17,7 +17,7 @@ const RESTARTS: &str = "{.status.containerStatuses[0].restartCount}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_probes_restart_and_gate_readiness() -> Result<()> {
-    let (_registry, image, cluster) = busybox_cluster("probes").await?;
+    let (_registry, image, cluster) = busybox_cluster(AgentOptions::unique("probes")).await?;
     let ns = cluster.namespace("probes").await?;
     let pods = format!(
         r#"apiVersion: v1

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kith_agent::image::testing::{ImageOptions, TestRegistry};
-use kith_e2e::{kith_bin, AgentOptions, Cluster, Kubectl, Options};
+use anyhow::{bail, Result};
+use kith_e2e::{busybox_cluster, kith_bin, AgentOptions, Cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
 const NS: &str = "top-e2e";
@@ -72,18 +71,8 @@ async fn wait_for_sample(cluster: &Cluster, series: &str, min: f64) -> Result<f6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_metrics_and_metering_survive_restart() -> Result<()> {
-    let registry = TestRegistry::start().context("start registry")?;
-    registry
-        .push_busybox("busybox", "1", ImageOptions::default())
-        .await
-        .context("push busybox")?;
-    let image = registry.image("busybox", "1");
     let agent = AgentOptions::unique("top");
-    let mut cluster = Cluster::up_with(Options {
-        agent: Some(agent.clone()),
-        ..Default::default()
-    })
-    .await?;
+    let (_registry, image, mut cluster) = busybox_cluster(agent.clone()).await?;
     let result = scenario(&mut cluster, &agent, &image).await;
     cluster.check(result);
     Ok(())

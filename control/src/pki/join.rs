@@ -297,20 +297,15 @@ pub async fn create_join_token_in(data_dir: &Path, ttl: Duration) -> Result<Stri
     let ca_pem = super::files::read_optional(&ca_path)?
         .ok_or_else(|| PkiError::NotInitialized(data_dir.to_path_buf()))?;
     let ca_der = super::cert_der_from_pem(&ca_pem, &ca_path)?;
-    let kubeconfig = data_dir.join("kubeconfig");
-    let config = kube::config::Kubeconfig::read_from(&kubeconfig)
-        .map_err(|e| PkiError::TokenStore(format!("{}: {e}", kubeconfig.display())))?;
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+    let client = kith_agent::join::client_from_kubeconfig(&data_dir.join("kubeconfig"))
         .await
-        .map_err(|e| PkiError::TokenStore(format!("{}: {e}", kubeconfig.display())))?;
-    let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(store_err)?;
+        .map_err(|e| PkiError::TokenStore(e.to_string()))?;
     create(&client, &ca_der, ttl, Timestamp::now())
         .await
         .map_err(|e| match e {
             PkiError::TokenStore(why) => PkiError::TokenStore(format!(
-                "the box at {server} did not store the token ({why}); join tokens live in \
-                 the cluster's store, so `kith up` or `kith control` must be running on {}",
+                "the box did not store the token ({why}); join tokens live in the \
+                 cluster's store, so `kith up` or `kith control` must be running on {}",
                 data_dir.display()
             )),
             e => e,

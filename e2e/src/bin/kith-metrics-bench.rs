@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use futures::{stream, StreamExt as _, TryStreamExt as _};
-use kith_e2e::bench::{cpu_time, figure, kith_pid, Better};
+use kith_e2e::bench::{cpu_time, figure, kith_pid};
 use kith_e2e::{AgentOptions, Cluster, Options};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
@@ -146,7 +146,6 @@ async fn scrape(client: &kube::Client, accept: Option<&str>) -> Result<(Duration
 /// A `BENCH` line with extra keys.
 fn bench_line(name: &str, value: f64, unit: &str, extra: Value) {
     let mut f = figure(name, value, unit);
-    f.better = Better::Lower;
     if let Some(e) = extra.as_object() {
         f.extra = e.clone();
     }
