@@ -8,6 +8,8 @@
 //!                POST /kith/v1/exec/check   ─► NodeExec::check
 //!                GET  /kith/v1/exec         ─► NodeExec::exec, websocket ─► exec::pump
 //!                GET  /kith/v1/stats        ─► NodeStatsSource (nodes, pods)
+//!                GET  /metrics              ─► the agent's registry (Prometheus, through
+//!                                              the API server's nodes/{name}/proxy/metrics)
 //! ```
 //! The answers come from the same [`crate::server::LocalNode`] and [`crate::stats::Stats`]
 //! a one-box `kith up` calls in-process.
@@ -62,6 +64,7 @@ pub struct NodeServer {
     pub logs: Arc<dyn NodeConnector>,
     pub exec: Arc<dyn NodeExec>,
     pub stats: Arc<dyn NodeStatsSource>,
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Whether the verified client certificate `der` is the API server's.
@@ -209,6 +212,17 @@ impl NodeServer {
                 nodes: self.stats.nodes().await?,
                 pods: self.stats.pods().await?,
             })),
+            (Method::GET, wire::METRICS_PATH) => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (text, content_type) = kith_api::metrics::render(&self.metrics, accept);
+                let mut r = Response::new(full(text));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                Ok(r)
+            }
             _ => Err(ApiError::NoRoute),
         }
     }
@@ -338,6 +352,7 @@ pub async fn start(
     let server = Arc::new(NodeServer {
         logs: node.clone(),
         exec: node,
+        metrics: Arc::new(stats.agent_registry()),
         stats,
     });
     tracing::info!(%addr, "node port serving the API server");

@@ -88,6 +88,7 @@ impl AgentOptions {
             name: self.node_name.clone(),
             logs: Arc::new(self.local_node()),
             exec: Arc::new(self.local_node()),
+            metrics: Arc::new(stats.agent_registry()),
             stats,
         }
     }

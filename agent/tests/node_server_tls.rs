@@ -151,10 +151,13 @@ async fn start(ca: &Ca) -> Result<Running> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let fake = Arc::new(FakeNode);
+    let mut metrics = prometheus_client::registry::Registry::default();
+    kith_api::process_metrics::register(&mut metrics);
     let server = Arc::new(NodeServer {
         logs: fake.clone(),
         exec: fake.clone(),
         stats: fake,
+        metrics: Arc::new(metrics),
     });
     let task = tokio::spawn(node_server::serve(
         listener,
@@ -241,6 +244,25 @@ async fn the_api_server_gets_logs_exec_and_stats() -> Result<()> {
     let stats = api.stats(node.addr).await?;
     assert_eq!(stats.nodes.len(), 1);
     assert_eq!(stats.nodes[0].cpu_nanocores, 5);
+
+    // /metrics in the format asked for: OpenMetrics for Prometheus, else text 0.0.4.
+    let open = api
+        .metrics(
+            node.addr,
+            Some("application/openmetrics-text;version=1.0.0"),
+        )
+        .await?;
+    assert!(open
+        .content_type
+        .starts_with("application/openmetrics-text"));
+    let open = String::from_utf8(open.body.to_vec())?;
+    assert!(
+        open.contains("process_open_fds ") && open.ends_with("# EOF\n"),
+        "{open}"
+    );
+    let text = api.metrics(node.addr, None).await?;
+    assert!(text.content_type.starts_with("text/plain; version=0.0.4"));
+    assert!(!String::from_utf8(text.body.to_vec())?.contains("# EOF"));
     Ok(())
 }
 

@@ -23,7 +23,8 @@ use crate::error::ApiError;
 
 /// The group whose members may do anything (as in Kubernetes).
 pub const MASTERS_GROUP: &str = "system:masters";
-/// The group Prometheus scrapes with: health endpoints and `/metrics`, read-only.
+/// The group Prometheus scrapes with: health endpoints, `/metrics` and every agent's
+/// `/metrics` through the node proxy, read-only.
 pub const METRICS_GROUP: &str = "kith:metrics-readers";
 /// Added to every authenticated user, as kube-apiserver does.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -171,7 +172,10 @@ pub fn authorize(user: &User, verb: &str, path: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     let path = path.split('?').next().unwrap_or(path);
-    if user.in_group(METRICS_GROUP) && verb.eq_ignore_ascii_case("get") && metrics_path(path) {
+    if user.in_group(METRICS_GROUP)
+        && verb.eq_ignore_ascii_case("get")
+        && (metrics_path(path) || node_metrics_path(path))
+    {
         return Ok(());
     }
     if user.in_group(crate::join::NODES_GROUP) {
@@ -224,6 +228,13 @@ pub fn node_may(node: &str, verb: &str, path: &str) -> bool {
         ["api", "v1", "namespaces", _, "events", _] => matches!(verb.as_str(), "put" | "patch"),
         _ => false,
     }
+}
+
+/// `/api/v1/nodes/{name}/proxy/metrics`: an agent's metrics (RBAC's `nodes/proxy`, which
+/// Prometheus' kubelet scrape jobs are granted).
+fn node_metrics_path(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(segs.as_slice(), ["", "api", "v1", "nodes", n, "proxy", "metrics"] if !n.is_empty())
 }
 
 fn metrics_path(path: &str) -> bool {
@@ -488,6 +499,23 @@ mod tests {
             (&metrics, "get", "/metricsx", false),
             (&metrics, "get", "/readyz/a/b", false),
             (&metrics, "get", "/api/v1/secrets", false),
+            (&metrics, "get", "/api/v1/nodes/box-2/proxy/metrics", true),
+            (&metrics, "get", "/api/v1/nodes/box-2/proxy/metrics/", true),
+            (&metrics, "post", "/api/v1/nodes/box-2/proxy/metrics", false),
+            (
+                &metrics,
+                "get",
+                "/api/v1/nodes/box-2/proxy/kith/v1/stats",
+                false,
+            ),
+            (
+                &metrics,
+                "get",
+                "/api/v1/nodes/box-2/proxy/metrics/../x",
+                false,
+            ),
+            (&metrics, "get", "/api/v1/nodes//proxy/metrics", false),
+            (&metrics, "get", "/api/v1/nodes/box-2", false),
             (
                 &metrics,
                 "get",

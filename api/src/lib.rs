@@ -18,6 +18,7 @@ pub mod node_metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod patch;
+pub mod process_metrics;
 pub mod protobuf;
 pub mod remote_node;
 pub mod request;

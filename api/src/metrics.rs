@@ -276,6 +276,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let api = Arc::new(ApiMetrics::register(&mut registry));
+        crate::process_metrics::register(&mut registry);
         Metrics { registry, api }
     }
 
@@ -290,17 +291,23 @@ impl Metrics {
 
     /// The exposition for a scrape whose Accept header is `accept`, and its Content-Type.
     pub fn render(&self, accept: Option<&str>) -> (String, &'static str) {
-        let mut out = String::with_capacity(64 * 1024);
-        // Writing to a String cannot fail; a collector's own fmt::Error would leave a
-        // truncated exposition, which Prometheus reports as a failed scrape.
-        if let Err(e) = encode(&mut out, &self.registry) {
-            tracing::warn!(error = %e, "encoding metrics");
-        }
-        if wants_openmetrics(accept) {
-            (out, OPENMETRICS_CONTENT_TYPE)
-        } else {
-            (to_text_format(&out), TEXT_CONTENT_TYPE)
-        }
+        render(&self.registry, accept)
+    }
+}
+
+/// `registry`'s exposition for a scrape whose Accept header is `accept`, and its
+/// Content-Type: the API server's `/metrics` and an agent's.
+pub fn render(registry: &Registry, accept: Option<&str>) -> (String, &'static str) {
+    let mut out = String::with_capacity(64 * 1024);
+    // Writing to a String cannot fail; a collector's own fmt::Error would leave a
+    // truncated exposition, which Prometheus reports as a failed scrape.
+    if let Err(e) = encode(&mut out, registry) {
+        tracing::warn!(error = %e, "encoding metrics");
+    }
+    if wants_openmetrics(accept) {
+        (out, OPENMETRICS_CONTENT_TYPE)
+    } else {
+        (to_text_format(&out), TEXT_CONTENT_TYPE)
     }
 }
 

@@ -8,6 +8,10 @@
 //! ```
 //! The connector is how the API server reaches agents: in a one-box `kith up` the agent
 //! lives in the same process and reads its files directly.
+//!
+//! `GET /api/v1/nodes/{name}/proxy/metrics` reaches a node's agent the same way
+//! ([`NodeProxy`]): Prometheus scrapes kubelets through the API server so, with the API
+//! server's credentials, and kith's agents too.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +24,27 @@ use crate::error::ApiError;
 
 /// A stream of log bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// The paths below `/api/v1/nodes/{name}/proxy/` an agent serves: its `/metrics`.
+pub const PROXY_PATHS: &[&str] = &["metrics"];
+
+/// What a node's agent answered through the node proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proxied {
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+/// `GET /api/v1/nodes/{node}/proxy/{path}` for one of [`PROXY_PATHS`], with the client's
+/// `Accept` (Prometheus asks for OpenMetrics).
+pub trait NodeProxy: Send + Sync {
+    fn get<'a>(
+        &'a self,
+        node: &'a str,
+        path: &'a str,
+        accept: Option<&'a str>,
+    ) -> Pin<Box<dyn Future<Output = Result<Proxied, ApiError>> + Send + 'a>>;
+}
 
 /// The `pods/log` options (`PodLogOptions`), as query parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

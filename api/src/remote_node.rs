@@ -38,12 +38,16 @@ use tokio_tungstenite::WebSocketStream;
 use crate::error::ApiError;
 use crate::exec::{self, ExecStreams, ExecTarget, NodeExec};
 use crate::node_metrics::{NodeStatsSource, NodeUsage, PodUsage, StatsFuture};
-use crate::nodes::{ByteStream, LogQuery, LogTarget, NodeConnector};
+use crate::nodes::{ByteStream, LogQuery, LogTarget, NodeConnector, NodeProxy, Proxied};
 
 pub const LOGS_PATH: &str = "/kith/v1/logs";
 pub const EXEC_CHECK_PATH: &str = "/kith/v1/exec/check";
 pub const EXEC_PATH: &str = "/kith/v1/exec";
 pub const STATS_PATH: &str = "/kith/v1/stats";
+/// The agent's Prometheus metrics (the API server's node proxy reads them).
+pub const METRICS_PATH: &str = "/metrics";
+/// The most an agent's `/metrics` may hold.
+const MAX_METRICS: usize = 16 << 20;
 /// The exec websocket's target: the [`ExecTarget`] as JSON, base64 (standard).
 pub const EXEC_TARGET_HEADER: &str = "x-kith-exec-target";
 /// The port a node serves on when its Node does not say.
@@ -96,6 +100,8 @@ pub struct LocalParts {
     pub logs: Arc<dyn NodeConnector>,
     pub exec: Arc<dyn NodeExec>,
     pub stats: Arc<dyn NodeStatsSource>,
+    /// The agent's `/metrics` (its series and the process's).
+    pub metrics: Arc<prometheus_client::registry::Registry>,
 }
 
 /// Logs, exec and stats of every node: the local one in-process, the others over HTTPS.
@@ -427,6 +433,34 @@ impl NodeClient {
         }
     }
 
+    /// The `/metrics` of the agent at `addr`, in the format `accept` asks for.
+    pub async fn metrics(
+        &self,
+        addr: SocketAddr,
+        accept: Option<&str>,
+    ) -> Result<Proxied, ApiError> {
+        let mut req = Request::get(METRICS_PATH);
+        if let Some(a) = accept {
+            req = req.header(http::header::ACCEPT, a);
+        }
+        let req = req
+            .body(Vec::new())
+            .map_err(|e| ApiError::BadRequest(format!("the Accept header: {e}")))?;
+        let resp = self.call(addr, req).await?;
+        let content_type = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("text/plain")
+            .to_string();
+        let limited = http_body_util::Limited::new(resp.into_body(), MAX_METRICS);
+        let body = http_body_util::BodyExt::collect(limited)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("metrics of the node at {addr}: {e}")))?
+            .to_bytes();
+        Ok(Proxied { content_type, body })
+    }
+
     /// The use of the node at `addr` and of its pods.
     pub async fn stats(&self, addr: SocketAddr) -> Result<NodeStats, ApiError> {
         let req = Request::get(STATS_PATH)
@@ -549,6 +583,30 @@ impl NodeExec for RemoteNodes {
                 self.client.exec(addr, target).await
             }),
         }
+    }
+}
+
+impl NodeProxy for RemoteNodes {
+    fn get<'a>(
+        &'a self,
+        node: &'a str,
+        path: &'a str,
+        accept: Option<&'a str>,
+    ) -> Fut<'a, Proxied> {
+        Box::pin(async move {
+            if !crate::nodes::PROXY_PATHS.contains(&path) {
+                return Err(ApiError::NoRoute);
+            }
+            if let Some(l) = self.local(node) {
+                let (text, content_type) = crate::metrics::render(&l.metrics, accept);
+                return Ok(Proxied {
+                    content_type: content_type.to_string(),
+                    body: text.into(),
+                });
+            }
+            let addr = self.endpoint(node).await?;
+            self.client.metrics(addr, accept).await
+        })
     }
 }
 

@@ -30,6 +30,11 @@ pub enum Route {
     },
     Health,
     Resource(ResourceRoute),
+    /// `/api/v1/nodes/{node}/proxy/{path}`: a request for the node's agent.
+    NodeProxy {
+        node: String,
+        path: String,
+    },
 }
 
 /// A request to a resource: a collection (`name` none) or one object, maybe a subresource.
@@ -74,6 +79,10 @@ pub fn route(path: &str) -> Result<Route, ApiError> {
         ["apis", g, v] => Ok(Route::ResourceList {
             group: g.to_string(),
             version: v.to_string(),
+        }),
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] => Ok(Route::NodeProxy {
+            node: node.to_string(),
+            path: rest.join("/"),
         }),
         ["api", v, rest @ ..] => resource_route("", v, rest),
         ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
@@ -312,6 +321,19 @@ mod tests {
                 version: "v1".into()
             }
         );
+        let proxy = |node: &str, path: &str| Route::NodeProxy {
+            node: node.into(),
+            path: path.into(),
+        };
+        assert_eq!(
+            route("/api/v1/nodes/box-1/proxy/metrics").unwrap(),
+            proxy("box-1", "metrics")
+        );
+        assert_eq!(
+            route("/api/v1/nodes/box-1/proxy/metrics/cadvisor").unwrap(),
+            proxy("box-1", "metrics/cadvisor")
+        );
+        assert_eq!(route("/api/v1/nodes/b/proxy/").unwrap(), proxy("b", ""));
         for bad in [
             "/api/v1/nosuch",
             "/apis/apps/v1/pods",

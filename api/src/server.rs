@@ -78,6 +78,8 @@ pub struct ApiService<S> {
     node_stats: std::sync::OnceLock<Arc<dyn crate::node_metrics::NodeStatsSource>>,
     /// How `pods/exec` reaches the agents; set once they exist.
     exec: std::sync::OnceLock<Arc<dyn crate::exec::NodeExec>>,
+    /// How `nodes/{name}/proxy/metrics` reaches the agents; set once they exist.
+    proxy: std::sync::OnceLock<Arc<dyn crate::nodes::NodeProxy>>,
 }
 
 impl<S: ObjectStore> ApiService<S> {
@@ -96,6 +98,7 @@ impl<S: ObjectStore> ApiService<S> {
             joiner: std::sync::OnceLock::new(),
             node_stats: std::sync::OnceLock::new(),
             exec: std::sync::OnceLock::new(),
+            proxy: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,6 +171,41 @@ impl<S: ObjectStore> ApiService<S> {
             .ok_or_else(|| ApiError::Unavailable("no node reports resource metrics yet".into()))?;
         let body = crate::node_metrics::serve(route, source.as_ref()).await?;
         Ok(json_response(StatusCode::OK, &body, &[]))
+    }
+
+    /// Route `nodes/{name}/proxy/...` to `proxy` from now on (a second call is ignored).
+    pub fn set_node_proxy(&self, proxy: Arc<dyn crate::nodes::NodeProxy>) {
+        let _ = self.proxy.set(proxy);
+    }
+
+    /// `GET /api/v1/nodes/{node}/proxy/{path}`: the agent's answer, passed through.
+    async fn node_proxy(
+        &self,
+        method: &Method,
+        node: &str,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Response<Body>, ApiError> {
+        if method != Method::GET {
+            return Err(ApiError::MethodNotAllowed {
+                target: crate::error::Target {
+                    group: String::new(),
+                    resource: "nodes/proxy".into(),
+                    kind: "Node".into(),
+                    name: node.into(),
+                },
+                verb: method.as_str().to_ascii_lowercase(),
+            });
+        }
+        let proxy = self.proxy.get().ok_or_else(|| {
+            ApiError::Unavailable(format!("the node {node} can not be reached yet"))
+        })?;
+        let got = proxy.get(node, path, accept).await?;
+        let mut r = Response::new(full(got.body));
+        let ct = HeaderValue::from_str(&got.content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+        Ok(r)
     }
 
     /// Route `pods/exec` to `exec` from now on (a second call is ignored).
@@ -364,6 +402,10 @@ impl<S: ObjectStore> ApiService<S> {
         let r = r?;
         match r {
             Route::Health | Route::Version => Err(ApiError::NoRoute),
+            Route::NodeProxy { node, path } => {
+                self.node_proxy(req.method(), &node, &path, accept.as_deref())
+                    .await
+            }
             Route::Discovery { core } => {
                 if accept.as_deref().is_some_and(discovery::wants_aggregated) {
                     let body = discovery::aggregated(core);
@@ -580,6 +622,7 @@ fn request_info<B>(req: &Request<B>) -> RequestInfo {
             r.subresource.clone().unwrap_or_default(),
             r.name.is_some(),
         ),
+        Ok(Route::NodeProxy { .. }) => ("nodes".into(), "proxy".into(), true),
         // Non-resource paths are one object each: GET, not LIST.
         _ => (String::new(), String::new(), true),
     };

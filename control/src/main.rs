@@ -174,7 +174,8 @@ enum TokenCommand {
         #[arg(long, default_value = "24h")]
         ttl: String,
         /// Print the read-only metrics bearer token instead (group kith:metrics-readers:
-        /// `/metrics` and health only), for Prometheus. It does not expire.
+        /// `/metrics`, every agent's `/api/v1/nodes/NAME/proxy/metrics` and health only),
+        /// for Prometheus. It does not expire.
         #[arg(long, conflicts_with = "ttl")]
         metrics: bool,
     },

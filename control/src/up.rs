@@ -235,6 +235,7 @@ pub async fn run(
     let nodes = crate::pki::remote_nodes(&pki, client.clone(), local)?;
     service.set_node_connector(nodes.clone());
     service.set_node_exec(nodes.clone());
+    service.set_node_proxy(nodes.clone());
     service.set_node_stats(nodes);
     let apiserver_lease = tokio::spawn(crate::apiservers::keep_renewed(
         client.clone(),

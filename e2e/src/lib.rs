@@ -36,6 +36,7 @@ pub mod agent;
 pub mod bench;
 pub mod etcd;
 pub mod netlab;
+pub mod prometheus;
 pub mod region;
 
 /// How long `kith up` may take to write its kubeconfig and answer `/readyz`.

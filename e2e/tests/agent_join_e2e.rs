@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use kith_agent::image::testing::{ImageOptions, TestRegistry};
 use kith_e2e::agent::{command, AgentSpec, RemoteAgent};
+use kith_e2e::prometheus::{client_with_token, get_code, metrics_token, Prometheus};
 use kith_e2e::{kith_bin, AgentOptions, Cluster, Kubectl, Options};
 
 const K: Kubectl = Kubectl::V1_33;
@@ -224,6 +225,10 @@ spec:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    agents_metrics_through_the_api_server(&cluster, &[&local.node_name, &remote.node_name], &ns)
+        .await
+        .with_context(|| format!("agent log:\n{}", agent.log()))?;
+
     // The agent's port serves no one without the API server's certificate.
     let mut cfg = kube::Config::new(format!("https://127.0.0.1:{node_port}").parse()?);
     cfg.accept_invalid_certs = true;
@@ -269,5 +274,97 @@ spec:
         )
         .await?;
     drop(agent);
+    Ok(())
+}
+
+/// Every agent's `/metrics` through the API server (`nodes/{name}/proxy/metrics`), the
+/// in-process one of `kith up` and the remote one alike: readable with the metrics token,
+/// nothing else of the node's port is; and a real Prometheus scrapes them so, as its
+/// kubelet jobs do (`__metrics_path__` = `/api/v1/nodes/NAME/proxy/metrics`).
+async fn agents_metrics_through_the_api_server(
+    cluster: &Cluster,
+    nodes: &[&str],
+    ns: &str,
+) -> Result<()> {
+    let data = cluster.data_dir();
+    let token = metrics_token(&data).await?;
+    let reader = client_with_token(cluster, Some(&token)).await?;
+    let anonymous = client_with_token(cluster, None).await?;
+    let admin = cluster.client().await?;
+    for node in nodes {
+        let path = format!("/api/v1/nodes/{node}/proxy/metrics");
+        let text = reader
+            .request_text(http::Request::get(&path).body(Vec::new())?)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        for series in [
+            "process_resident_memory_bytes ",
+            "node_load1 ",
+            "process_open_fds ",
+        ] {
+            assert!(
+                text.contains(series),
+                "{series} missing from {path}:\n{text}"
+            );
+        }
+        assert_eq!(get_code(&anonymous, &path).await?, 401, "{path}");
+        let stats = format!("/api/v1/nodes/{node}/proxy/kith/v1/stats");
+        assert_eq!(get_code(&reader, &stats).await?, 403, "{stats}");
+        assert_eq!(get_code(&admin, &stats).await?, 404, "{stats}");
+        let post = http::Request::post(&path).body(Vec::new())?;
+        match admin.request_text(post).await {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 405, "{s:?}"),
+            other => bail!("POST {path}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        get_code(&admin, "/api/v1/nodes/no-such-node/proxy/metrics").await?,
+        400
+    );
+
+    let dir = cluster.scratch().join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("metrics-token");
+    std::fs::write(&token_file, &token)?;
+    let ca = data.join("pki/ca.crt");
+    let server = cluster.server_url();
+    let address = server.trim_start_matches("https://");
+    let mut config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kith-agents\n    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials_file: {}\n    static_configs:\n",
+        ca.display(),
+        token_file.display()
+    );
+    for node in nodes {
+        config.push_str(&format!(
+            "      - targets: ['{address}']\n        labels:\n          node: {node}\n          __metrics_path__: /api/v1/nodes/{node}/proxy/metrics\n"
+        ));
+    }
+    let prom = Prometheus::start(&dir, &config).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let up = prom.query("up{job=\"kith-agents\"} == 1").await?;
+        let rss = prom
+            .query("process_resident_memory_bytes{job=\"kith-agents\"} > 1e6")
+            .await?;
+        let pod = prom
+            .query(&format!(
+                "container_memory_working_set_bytes{{job=\"kith-agents\",namespace=\"{ns}\",pod=\"on-remote\"}} > 0"
+            ))
+            .await?;
+        let by_node = |rows: &[(serde_json::Value, f64)], node: &str| {
+            rows.iter().any(|(m, _)| m["node"] == *node)
+        };
+        if nodes.iter().all(|n| by_node(&up, n) && by_node(&rss, n)) && !pod.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "prometheus never saw both agents up (up {up:?}, rss {rss:?}, pod {pod:?}); targets: {}\nlog:\n{}",
+                prom.api("/api/v1/targets").await.unwrap_or_default(),
+                prom.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }

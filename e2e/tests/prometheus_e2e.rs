@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
+use kith_e2e::prometheus::{client_with_token, get_code, metrics_token, Prometheus, PROMETHEUS};
 use kith_e2e::Cluster;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 /// Discovery, a 1 s scrape interval and the first evaluation take a few seconds; a loaded
 /// CI box may take many more.
@@ -43,120 +42,6 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A Prometheus process on a free loopback port with its own storage; killed on drop,
-/// its log printed if the test is failing.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Prometheus {
-    async fn start(dir: &Path, config: &str) -> Result<Prometheus> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config_path = dir.join("prometheus.yml");
-        std::fs::write(&config_path, config)?;
-        let log = dir.join("prometheus.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=debug")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawn {PROMETHEUS}"))?;
-        let p = Prometheus { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((200, _)) = p.get("/-/ready").await {
-                return Ok(p);
-            }
-            if Instant::now() > deadline {
-                bail!("prometheus not ready in 30 s; log:\n{}", p.log());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// A plain HTTP/1.0 GET on loopback: status and body.
-    async fn get(&self, path_and_query: &str) -> Result<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        s.write_all(format!("GET {path_and_query} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no status code")?;
-        Ok((code, body.to_string()))
-    }
-
-    async fn api(&self, path_and_query: &str) -> Result<Value> {
-        let (code, body) = self.get(path_and_query).await?;
-        if code != 200 {
-            bail!("{path_and_query}: HTTP {code}: {body}");
-        }
-        let v: Value = serde_json::from_str(&body)?;
-        Ok(v["data"].clone())
-    }
-
-    /// The values of an instant query, one per series.
-    async fn query(&self, promql: &str) -> Result<Vec<(Value, f64)>> {
-        let q: String = url_encode(promql);
-        let data = self.api(&format!("/api/v1/query?query={q}")).await?;
-        Ok(data["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|r| {
-                let v = r["value"][1].as_str()?.parse::<f64>().ok()?;
-                Some((r["metric"].clone(), v))
-            })
-            .collect())
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "===== prometheus log =====\n{}\n===== end =====",
-                self.log()
-            );
-        }
-    }
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The admin bearer token from the cluster's kube-apiserver-style tokens file.
 fn admin_token(data_dir: &Path) -> Result<String> {
     let text = std::fs::read_to_string(data_dir.join("pki/tokens.csv"))?;
@@ -168,44 +53,6 @@ fn admin_token(data_dir: &Path) -> Result<String> {
             (f.next()? == "kith-admin").then(|| token.to_string())
         })
         .context("no kith-admin token")
-}
-
-/// `kith token create --metrics`: the read-only token Prometheus scrapes with.
-async fn metrics_token(data_dir: &Path) -> Result<String> {
-    let out = Command::new(kith_e2e::kith_bin())
-        .args(["token", "create", "--metrics", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "kith token create --metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
-}
-
-/// A kube-rs client with the kubeconfig's CA but this bearer token (or no credentials).
-async fn client_with_token(c: &Cluster, token: Option<&str>) -> Result<kube::Client> {
-    let mut kc = Kubeconfig::read_from(c.kubeconfig())?;
-    for named in &mut kc.auth_infos {
-        named.auth_info = Some(kube::config::AuthInfo {
-            token: token.map(|t| t.to_string().into()),
-            ..Default::default()
-        });
-    }
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-async fn get_code(client: &kube::Client, path: &str) -> Result<u16> {
-    let req = http::Request::get(path).body(Vec::new())?;
-    match client.request_text(req).await {
-        Ok(_) => Ok(200),
-        Err(kube::Error::Api(s)) => Ok(s.code),
-        Err(e) => Err(e.into()),
-    }
 }
 
 async fn promtool(args: &[&str], stdin: Option<&str>) -> Result<String> {
@@ -585,6 +432,13 @@ async fn scenario(c: &Cluster) -> Result<()> {
             "scheduler_pending_pods{queue=\"unschedulable\"}".into(),
             Box::new(|v| v >= 0.0),
         ),
+        // The process collector every client library has: kith's own cost.
+        (
+            "process_resident_memory_bytes".into(),
+            Box::new(|v| v > 1e6),
+        ),
+        ("process_cpu_seconds_total".into(), Box::new(|v| v > 0.0)),
+        ("process_open_fds".into(), Box::new(|v| v > 3.0)),
         (
             "kith_controller_reconcile_total{controller=\"deployment\"}".into(),
             Box::new(|v| v > 0.0),

@@ -115,6 +115,15 @@ impl Stats {
         registry.register_collector(Box::new(StatsCollector(Arc::clone(self))));
     }
 
+    /// The agent's own `/metrics` (served on the node port, and through the API server's
+    /// `nodes/{name}/proxy/metrics`): this box's series and the agent process's.
+    pub fn agent_registry(self: &Arc<Self>) -> Registry {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        kith_api::process_metrics::register(&mut registry);
+        registry
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
