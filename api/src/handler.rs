@@ -339,27 +339,51 @@ impl<S: ObjectStore> Api<S> {
         Ok((out, listing.revision))
     }
 
-    /// `GET` of a collection: a page of selected objects.
+    /// `GET` of a collection: a page of selected objects. Only the objects from the
+    /// continue point on are parsed, and only until the page is full and one more
+    /// selected object shows there is a next page: `limit=1` of 10,000 objects reads one
+    /// or two, not all (the store gives its objects in key order, the order of pages).
+    /// `remainingItemCount` is set, as by Kubernetes, only when no selector was given.
     pub async fn list(&self, r: &ResourceRoute, q: &Query) -> Result<ListPage> {
-        let (items, revision) = self.select(r, q).await?;
-        let start = match &q.continue_token {
-            Some(t) => decode_continue(t)?,
-            None => String::new(),
-        };
-        let mut page: Vec<Value> = items
-            .into_iter()
-            .filter(|v| start.is_empty() || continue_key(v) > start)
-            .collect();
+        let (labels, fields) = selectors(r.kind, q)?;
+        let start = q
+            .continue_token
+            .as_deref()
+            .map(decode_continue)
+            .transpose()?;
+        let listing = self
+            .store
+            .list(
+                &r.kind.resource(),
+                r.namespace.as_deref(),
+                Self::read_mode(q),
+            )
+            .await
+            .map_err(|e| ApiError::from_store(e, target(r.kind, "")))?;
+        let revision = listing.revision;
+        let unfiltered = q.label_selector.as_deref().unwrap_or("").is_empty()
+            && q.field_selector.as_deref().unwrap_or("").is_empty();
+        let mut page = Vec::new();
         let mut next = None;
         let mut remaining = None;
-        if let Some(limit) = q.limit {
-            if page.len() > limit {
-                remaining = Some(page.len() - limit);
-                page.truncate(limit);
+        for (i, b) in listing.items.iter().enumerate() {
+            if let Some(start) = &start {
+                if !stored_after(b, start)? {
+                    continue;
+                }
+            }
+            let v = parse_stored(b)?;
+            if !selected(&v, &labels, &fields) {
+                continue;
+            }
+            if q.limit.is_some_and(|limit| page.len() >= limit) {
                 next = page
                     .last()
-                    .map(|v| encode_continue(&continue_key(v), revision));
+                    .map(|last| encode_continue(&continue_key(last), revision));
+                remaining = unfiltered.then_some(listing.items.len() - i);
+                break;
             }
+            page.push(v);
         }
         Ok(ListPage {
             items: page,
@@ -1432,17 +1456,44 @@ fn encode_continue(key: &str, revision: u64) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_continue(token: &str) -> Result<String> {
+/// The (namespace, name) a continue token starts after.
+fn decode_continue(token: &str) -> Result<(String, String)> {
     use base64::Engine;
     let bad = || ApiError::BadRequest(format!("continue key is not valid: {token}"));
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    // Namespaces hold no '/': the first one ends the namespace ("" when cluster-scoped).
     v.get("start")
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .and_then(|s| s.split_once('/'))
+        .map(|(ns, name)| (ns.to_string(), name.to_string()))
         .ok_or_else(bad)
+}
+
+/// Just the metadata a page boundary needs, read without building the whole object.
+#[derive(serde::Deserialize)]
+struct StoredKey<'a> {
+    #[serde(borrow)]
+    metadata: StoredKeyMeta<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredKeyMeta<'a> {
+    #[serde(borrow, default)]
+    namespace: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: std::borrow::Cow<'a, str>,
+}
+
+/// Whether a stored object comes after (namespace, name) `start` in the order the store
+/// lists objects in.
+fn stored_after(b: &[u8], start: &(String, String)) -> Result<bool> {
+    let k: StoredKey = serde_json::from_slice(b)
+        .map_err(|e| ApiError::Internal(format!("stored object is not valid: {e}")))?;
+    let ns = k.metadata.namespace.as_deref().unwrap_or_default();
+    Ok((ns, k.metadata.name.as_ref()) > (start.0.as_str(), start.1.as_str()))
 }
 
 /// Decide the body type of a request and reject what cannot be a body at all.

@@ -458,6 +458,68 @@ async fn list_pages_with_limit_and_continue() {
     );
 }
 
+/// Pages of an all-namespace list follow the store's (namespace, name) order, also when
+/// one namespace's name is a prefix of another's ("a" < "a-b", though "a/…" > "a-b/…" as
+/// strings); with a selector, pages hold selected objects only and no remaining count.
+#[tokio::test]
+async fn list_pages_across_namespaces_and_with_selectors() {
+    let h = Harness::new().await;
+    for ns in ["a", "a-b"] {
+        h.call(
+            Method::POST,
+            "/api/v1/namespaces",
+            "application/json",
+            json!({"metadata": {"name": ns}}),
+        )
+        .await;
+        for (name, tier) in [("x", "web"), ("z", "db"), ("y", "web")] {
+            h.call(
+                Method::POST,
+                &format!("/api/v1/namespaces/{ns}/configmaps"),
+                "application/json",
+                json!({"metadata": {"name": name, "labels": {"tier": tier}}}),
+            )
+            .await;
+        }
+    }
+    let walk = |query: &'static str| {
+        let h = &h;
+        async move {
+            let mut seen = Vec::new();
+            let mut remaining = Vec::new();
+            let mut token = String::new();
+            loop {
+                let path = format!("/api/v1/configmaps?limit=1{query}&continue={token}");
+                let (code, page) = h.get(&path).await;
+                assert_eq!(code, 200, "{path}: {page}");
+                for i in page["items"].as_array().unwrap() {
+                    let m = &i["metadata"];
+                    seen.push(format!(
+                        "{}/{}",
+                        m["namespace"].as_str().unwrap(),
+                        m["name"].as_str().unwrap()
+                    ));
+                }
+                remaining.push(page["metadata"]["remainingItemCount"].as_u64());
+                match page["metadata"]["continue"].as_str() {
+                    Some(t) => token = t.to_string(),
+                    None => break,
+                }
+            }
+            (seen, remaining)
+        }
+    };
+    let (all, remaining) = walk("").await;
+    assert_eq!(all, ["a/x", "a/y", "a/z", "a-b/x", "a-b/y", "a-b/z"]);
+    assert_eq!(
+        remaining,
+        [Some(5), Some(4), Some(3), Some(2), Some(1), None]
+    );
+    let (web, remaining) = walk("&labelSelector=tier%3Dweb").await;
+    assert_eq!(web, ["a/x", "a/y", "a-b/x", "a-b/y"]);
+    assert!(remaining.iter().all(Option::is_none), "{remaining:?}");
+}
+
 async fn next_line(
     body: &mut http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>,
     buf: &mut Vec<u8>,
