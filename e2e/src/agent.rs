@@ -103,6 +103,11 @@ impl RemoteAgent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The agent process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
 }
 
 impl Drop for RemoteAgent {

@@ -5,11 +5,17 @@
 //!  image pull ─────── TestRegistry (docker-registry, loopback) ── busybox + 50 MiB random layer
 //!                     RegistryImageStore::ensure in this process: pull, verify, unpack
 //!  runc baseline ──── Debian runc: `runc run -d` of a busybox bundle, same command
-//!  kith up (agent) ─┬ idle: VmRSS of the kith process, no pods
+//!  kith up (no agent) + kith agent (its own process, joined with a token, on loopback)
+//!                   ┬ idle: VmRSS of the kith agent process, no pods
 //!                   ├ pod start: create → phase Running seen on a watch; 50 one by one, 20 at once
-//!                   ├ with the 20 running: VmRSS of kith, VmRSS of each `kith shim run`
+//!                   ├ with the 50 running: the agent's /metrics through the API server
+//!                   │  (nodes/NAME/proxy/metrics, as Prometheus scrapes it): time, bytes, CPU
+//!                   ├ with the 20 running: VmRSS of the agent; RSS, PSS and private memory of
+//!                   │  each `kith shim run`
 //!                   └ Deployment of 100: create → 100 ready; template change → rolled out
 //! ```
+//! The agent runs as `kith agent` (not inside `kith up`) so that its memory and CPU are its
+//! own, as on every box of a region but the control boxes.
 //!
 //! Pods run `sleep 3600` from an image already on the box (a warm-up pod pulls it), so
 //! pod start measures API write → scheduler → agent → network + shim + container → status
@@ -35,7 +41,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kith_agent::image::testing::{gzip, raw_tar, ImageOptions, RawEntry, TestImage, TestRegistry};
 use kith_agent::image::{unpack, ImageStore as _, PullPolicy, RegistryImageStore};
-use kith_e2e::bench::{figure, kith_pid, mib, percentile, round, rss_bytes, Better};
+use kith_e2e::agent::{AgentSpec, RemoteAgent};
+use kith_e2e::bench::{figure, mib, percentile, round, rss_bytes, Better};
 use kith_e2e::{AgentOptions, Cluster, Options};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
@@ -55,6 +62,13 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Idle time before reading memory.
 const SETTLE: Duration = Duration::from_secs(5);
 const RUNC: &str = "/usr/sbin/runc";
+/// What the agent memory figures measure.
+const AGENT_PROCESS: &str = "kith agent (its own process; the API server is a separate kith up)";
+/// Scrapes of the agent's /metrics per figure.
+const SCRAPES: u32 = 20;
+/// What Prometheus sends.
+const PROMETHEUS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
 struct Args {
     sequential: usize,
@@ -114,37 +128,79 @@ async fn main() -> Result<()> {
     let runc_burst = runc.burst(args.burst).await?;
     drop(runc);
 
-    let cluster = Cluster::up_with(Options {
-        agent: Some(AgentOptions::unique("abench")),
-        ..Default::default()
-    })
-    .await
-    .context("start kith with its agent")?;
-    let result = on_cluster(&args, &cluster, &image, &runc_sequential, &runc_burst).await;
+    let cluster = Cluster::up_with(Options::default())
+        .await
+        .context("start kith")?;
+    let opts = AgentOptions::unique("abench");
+    let agent = start_agent(&cluster, &opts).await?;
+    let result = on_cluster(
+        &args,
+        &cluster,
+        &agent,
+        &opts.node_name,
+        &image,
+        &runc_sequential,
+        &runc_burst,
+    )
+    .await;
     if result.is_err() {
-        eprintln!("kith-agent-bench: kith log:\n{}", cluster.log());
+        eprintln!(
+            "kith-agent-bench: kith log:\n{}\nagent log:\n{}",
+            cluster.log(),
+            agent.log()
+        );
     }
     result
+}
+
+/// `kith agent` joined to `cluster` with a token from `kith token create`, on loopback.
+async fn start_agent(cluster: &Cluster, opts: &AgentOptions) -> Result<RemoteAgent> {
+    let out = std::process::Command::new(kith_e2e::kith_bin())
+        .args(["token", "create", "--data-dir"])
+        .arg(cluster.data_dir())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kith token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    let node_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let servers = [cluster.server_url()];
+    let dir = cluster.scratch().join("agent");
+    let spec = AgentSpec {
+        servers: &servers,
+        token: &token,
+        dir: &dir,
+        opts,
+        node_ip: Some("127.0.0.1"),
+        node_port,
+        insecure_registries: &[],
+        netns: None,
+    };
+    RemoteAgent::start(&spec, &cluster.scratch().join("agent.log"))
 }
 
 async fn on_cluster(
     args: &Args,
     cluster: &Cluster,
+    agent: &RemoteAgent,
+    node: &str,
     image: &str,
     runc_sequential: &[f64],
     runc_burst: &[f64],
 ) -> Result<()> {
     let client = cluster.client().await?;
-    let pid = kith_pid(&cluster.data_dir())?;
     wait_node_ready(&client).await?;
+    let pid = agent.pid().context("the agent exited")?;
 
     tokio::time::sleep(SETTLE).await;
-    let mut f = figure("kith_up_rss_no_pods_mb", mib(rss_bytes(pid)?), "MiB");
+    let mut f = figure("agent_rss_no_pods_mb", mib(rss_bytes(pid)?), "MiB");
     f.better = Better::Lower;
-    f.extra.insert(
-        "process".into(),
-        json!("kith up: API server, store, controllers and agent in one process"),
-    );
+    f.extra.insert("process".into(), json!(AGENT_PROCESS));
     f.extra.insert("settle_s".into(), json!(SETTLE.as_secs()));
     f.print();
 
@@ -181,6 +237,7 @@ async fn on_cluster(
         runc_sequential,
         "one by one, each created after the previous one ran",
     );
+    scrape_cost(&client, node, pid, args.sequential).await?;
     delete_all_pods(&pods).await?;
 
     // All at once.
@@ -209,15 +266,12 @@ async fn on_cluster(
     f.print();
 
     tokio::time::sleep(SETTLE).await;
-    let mut f = figure("kith_up_rss_with_pods_mb", mib(rss_bytes(pid)?), "MiB");
+    let mut f = figure("agent_rss_with_pods_mb", mib(rss_bytes(pid)?), "MiB");
     f.better = Better::Lower;
     f.extra.insert("pods".into(), json!(args.burst));
-    f.extra.insert(
-        "process".into(),
-        json!("kith up: API server, store, controllers and agent in one process"),
-    );
+    f.extra.insert("process".into(), json!(AGENT_PROCESS));
     f.print();
-    shim_memory(&cluster.data_dir(), args.burst)?;
+    shim_memory(&cluster.scratch().join("agent"), args.burst)?;
     delete_all_pods(&pods).await?;
 
     deployment(args, &client, &ns, image).await
@@ -385,19 +439,83 @@ async fn delete_all_pods(pods: &Api<Pod>) -> Result<()> {
     }
 }
 
-/// VmRSS of every `kith shim run` of this cluster: mean and max per container.
+/// The agent's `/metrics` with `pods` pods running, read as Prometheus does, through the
+/// API server's `nodes/NAME/proxy/metrics`: median time and bytes of one scrape, and the
+/// agent's CPU per scrape (its CPU over the scrapes, less its own rate over as long a
+/// quiet interval just before).
+async fn scrape_cost(client: &kube::Client, node: &str, pid: u32, pods: usize) -> Result<()> {
+    let path = format!("/api/v1/nodes/{node}/proxy/metrics");
+    let scrape = || async {
+        let req = http::Request::get(&path)
+            .header(http::header::ACCEPT, PROMETHEUS_ACCEPT)
+            .body(Vec::new())?;
+        anyhow::Ok(client.request_text(req).await?)
+    };
+    // The first scrape also warms the connection.
+    let text = scrape().await?;
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    let quiet = Instant::now();
+    let cpu0 = kith_e2e::bench::cpu_time(pid)?;
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..SCRAPES {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let background = kith_e2e::bench::cpu_time(pid)? - cpu0;
+    let idle_for = quiet.elapsed();
+    let cpu1 = kith_e2e::bench::cpu_time(pid)?;
+    let busy = Instant::now();
+    for _ in 0..SCRAPES {
+        let t0 = Instant::now();
+        bytes = scrape().await?.len();
+        times.push(ms(t0.elapsed()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = kith_e2e::bench::cpu_time(pid)? - cpu1;
+    let background_rate = background.as_secs_f64() / idle_for.as_secs_f64();
+    let cpu_ms = ((used.as_secs_f64() - background_rate * busy.elapsed().as_secs_f64()).max(0.0)
+        * 1000.0)
+        / SCRAPES as f64;
+    times.sort_by(f64::total_cmp);
+    let mut f = figure("agent_metrics_scrape_ms", percentile(&times, 0.5), "ms");
+    f.better = Better::Lower;
+    f.extra.insert("pods".into(), json!(pods));
+    f.extra.insert("bytes".into(), json!(bytes));
+    f.extra.insert("series".into(), json!(series));
+    f.extra.insert("scrapes".into(), json!(SCRAPES));
+    f.extra
+        .insert("p99_ms".into(), json!(round(percentile(&times, 0.99))));
+    f.extra.insert(
+        "path".into(),
+        json!("GET /api/v1/nodes/NAME/proxy/metrics (API server → agent's node port, OpenMetrics)"),
+    );
+    f.print();
+    let mut f = figure("agent_metrics_scrape_cpu_ms", cpu_ms, "ms");
+    f.better = Better::Lower;
+    f.extra.insert("pods".into(), json!(pods));
+    f.extra.insert(
+        "note".into(),
+        json!("the agent's CPU per scrape, its background rate taken out"),
+    );
+    f.print();
+    Ok(())
+}
+
+/// Memory of every `kith shim run` of this cluster, per container: RSS (shared code pages
+/// counted in full, as `ps` shows), and from smaps_rollup PSS (shared pages split between
+/// the processes that map them) and private memory (what one more container adds).
 fn shim_memory(data_dir: &Path, pods: usize) -> Result<()> {
     let prefix = data_dir.as_os_str().as_encoded_bytes();
-    let mut rss = Vec::new();
+    let (mut rss, mut pss, mut private) = (Vec::new(), Vec::new(), Vec::new());
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;
-        let Some(pid) = entry
+        let is_process = entry
             .file_name()
             .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+            .is_some_and(|s| s.parse::<u32>().is_ok());
+        if !is_process {
             continue;
-        };
+        }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
@@ -405,11 +523,24 @@ fn shim_memory(data_dir: &Path, pods: usize) -> Result<()> {
         let is_shim = args.get(1) == Some(&&b"shim"[..])
             && args.get(2) == Some(&&b"run"[..])
             && args.get(3).is_some_and(|dir| dir.starts_with(prefix));
-        if is_shim {
-            if let Ok(bytes) = rss_bytes(pid) {
-                rss.push(mib(bytes));
-            }
+        if !is_shim {
+            continue;
         }
+        let Ok(rollup) = std::fs::read_to_string(entry.path().join("smaps_rollup")) else {
+            continue;
+        };
+        let kib = |key: &str| -> f64 {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        rss.push(kib("Rss:"));
+        pss.push(kib("Pss:"));
+        private.push(kib("Private_Clean:") + kib("Private_Dirty:"));
     }
     if rss.is_empty() {
         bail!(
@@ -417,24 +548,35 @@ fn shim_memory(data_dir: &Path, pods: usize) -> Result<()> {
             data_dir.display()
         );
     }
-    let mean = rss.iter().sum::<f64>() / rss.len() as f64;
-    let max = rss.iter().copied().fold(0.0, f64::max);
-    let mut f = figure("kith_shim_rss_per_container_mb", mean, "MiB");
-    f.better = Better::Lower;
-    f.extra.insert("shims".into(), json!(rss.len()));
-    f.extra.insert("pods".into(), json!(pods));
-    f.extra.insert("max_mb".into(), json!(round(max)));
-    f.extra.insert(
-        "binary".into(),
-        json!(kith_e2e::kith_bin().display().to_string()),
-    );
-    f.extra.insert(
-        "note".into(),
-        json!(
-            "RSS of `kith shim run` (the kith binary); a debug build is much larger than release"
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let binary = kith_e2e::kith_bin().display().to_string();
+    for (name, values, note) in [
+        (
+            "kith_shim_rss_per_container_mb",
+            &rss,
+            "RSS of `kith shim run` (the kith binary): its shared code pages counted in full",
         ),
-    );
-    f.print();
+        (
+            "kith_shim_pss_per_container_mb",
+            &pss,
+            "PSS: shared pages (the binary's code) divided among the shims that map them",
+        ),
+        (
+            "kith_shim_private_per_container_mb",
+            &private,
+            "private memory (Private_Clean + Private_Dirty): what one more container costs",
+        ),
+    ] {
+        let mut f = figure(name, mean(values), "MiB");
+        f.better = Better::Lower;
+        f.extra.insert("shims".into(), json!(values.len()));
+        f.extra.insert("pods".into(), json!(pods));
+        f.extra.insert("max_mb".into(), json!(round(max(values))));
+        f.extra.insert("binary".into(), json!(binary));
+        f.extra.insert("note".into(), json!(note));
+        f.print();
+    }
     Ok(())
 }
 
