@@ -27,8 +27,8 @@ use anyhow::{bail, Context as _, Result};
 use futures::TryStreamExt as _;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kith_e2e::bench::{
-    config_map, etcd_writers, figure, kith_pid, kith_writers, kube_error_kind, mib, round,
-    rss_bytes, run_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
+    config_map, cpu_time, etcd_writers, figure, kith_pid, kith_writers, kube_error_kind, mib,
+    round, rss_bytes, run_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
 };
 use kith_e2e::etcd::{self, etcd_bin};
 use kith_e2e::{kith_bin, Cluster};
@@ -347,21 +347,9 @@ async fn create_phase_etcd(args: &Args, payload: &Arc<str>, bin: &Path) -> Resul
 // ---------------------------------------------------------------------------------------
 // Figures 2 and 3: idle memory with 10k objects, watch fan-out
 
-/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
-fn cpu_time(pid: &str) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14,
-    // stime 15, in clock ticks (USER_HZ, 100 on Linux).
-    let rest = stat.rsplit_once(')').context("bad stat line")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("no utime")?.parse::<u64>()?
-        + fields.get(12).context("no stime")?.parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
-}
-
 /// Average CPU cores used by a server and by this process since `start`.
 struct CpuUse {
-    pid: String,
+    pid: u32,
     wall: Instant,
     server: Duration,
     client: Duration,
@@ -369,10 +357,9 @@ struct CpuUse {
 
 impl CpuUse {
     fn start(pid: u32) -> Result<CpuUse> {
-        let pid = pid.to_string();
         Ok(CpuUse {
-            server: cpu_time(&pid)?,
-            client: cpu_time("self")?,
+            server: cpu_time(pid)?,
+            client: cpu_time(std::process::id())?,
             wall: Instant::now(),
             pid,
         })
@@ -380,8 +367,8 @@ impl CpuUse {
 
     fn cores(&self) -> Result<(f64, f64)> {
         let wall = self.wall.elapsed().as_secs_f64().max(1e-9);
-        let server = (cpu_time(&self.pid)? - self.server).as_secs_f64() / wall;
-        let client = (cpu_time("self")? - self.client).as_secs_f64() / wall;
+        let server = (cpu_time(self.pid)? - self.server).as_secs_f64() / wall;
+        let client = (cpu_time(std::process::id())? - self.client).as_secs_f64() / wall;
         Ok((server, client))
     }
 }
