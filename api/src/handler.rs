@@ -317,18 +317,22 @@ impl<S: ObjectStore> Api<S> {
         }
     }
 
-    /// The objects of a list request, selected, in key order, with the listing's revision.
-    pub async fn select(&self, r: &ResourceRoute, q: &Query) -> Result<(Vec<Value>, u64)> {
-        let (labels, fields) = selectors(r.kind, q)?;
-        let listing = self
-            .store
+    /// The stored objects a list request reads, in key order, unparsed.
+    async fn listing(&self, r: &ResourceRoute, q: &Query) -> Result<crate::store::Listing> {
+        self.store
             .list(
                 &r.kind.resource(),
                 r.namespace.as_deref(),
                 Self::read_mode(q),
             )
             .await
-            .map_err(|e| ApiError::from_store(e, target(r.kind, "")))?;
+            .map_err(|e| ApiError::from_store(e, target(r.kind, "")))
+    }
+
+    /// The objects of a list request, selected, in key order, with the listing's revision.
+    pub async fn select(&self, r: &ResourceRoute, q: &Query) -> Result<(Vec<Value>, u64)> {
+        let (labels, fields) = selectors(r.kind, q)?;
+        let listing = self.listing(r, q).await?;
         let mut out = Vec::with_capacity(listing.items.len());
         for b in &listing.items {
             let v = parse_stored(b)?;
@@ -351,15 +355,7 @@ impl<S: ObjectStore> Api<S> {
             .as_deref()
             .map(decode_continue)
             .transpose()?;
-        let listing = self
-            .store
-            .list(
-                &r.kind.resource(),
-                r.namespace.as_deref(),
-                Self::read_mode(q),
-            )
-            .await
-            .map_err(|e| ApiError::from_store(e, target(r.kind, "")))?;
+        let listing = self.listing(r, q).await?;
         let revision = listing.revision;
         let unfiltered = q.label_selector.as_deref().unwrap_or("").is_empty()
             && q.field_selector.as_deref().unwrap_or("").is_empty();

@@ -13,7 +13,7 @@
 use std::fmt;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -85,11 +85,19 @@ fn family(
     } else {
         MetricType::Gauge
     };
-    let enc = encoder.encode_descriptor(name, help, None, ty)?;
+    encode_value(
+        encoder.encode_descriptor(name, help, None, ty)?,
+        counter,
+        value,
+    )
+}
+
+/// One sample read at scrape time, as a counter or a gauge.
+pub fn encode_value(e: MetricEncoder<'_>, counter: bool, v: f64) -> Result<(), fmt::Error> {
     if counter {
-        ConstCounter::new(value).encode(enc)
+        ConstCounter::new(v).encode(e)
     } else {
-        ConstGauge::new(value).encode(enc)
+        ConstGauge::new(v).encode(e)
     }
 }
 

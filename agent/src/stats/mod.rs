@@ -24,10 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kith_api::node_metrics::{self, NodeStatsSource, NodeUsage, PodUsage, StatsFuture};
+use kith_api::process_metrics::encode_value;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -409,14 +408,6 @@ fn families(sample: Option<&Sample>, meter: &Meter) -> Vec<Family> {
     out.extend(load);
     out.extend([u_cpu, u_mem, u_net]);
     out
-}
-
-fn encode_value(e: MetricEncoder<'_>, counter: bool, v: f64) -> Result<(), fmt::Error> {
-    if counter {
-        ConstCounter::new(v).encode(e)
-    } else {
-        ConstGauge::new(v).encode(e)
-    }
 }
 
 impl Collector for StatsCollector {
