@@ -64,6 +64,9 @@ pub struct AgentOptions {
     pub node_port: u16,
     /// When unused images are removed to free disk (`--image-gc-high-threshold`, ...).
     pub image_gc: GcPolicy,
+    /// The kubelet's `--seccomp-default`: RuntimeDefault for containers that ask for no
+    /// seccomp profile. Localhost profiles live in `<data_dir>/seccomp`.
+    pub seccomp_default: bool,
 }
 
 impl AgentOptions {
@@ -172,6 +175,7 @@ pub async fn run(
             root: opts.data_dir.clone(),
             cgroup_root: CGROUP_ROOT.into(),
             allocatable,
+            seccomp_default: opts.seccomp_default,
         },
         images,
         runtime,

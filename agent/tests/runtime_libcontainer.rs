@@ -14,7 +14,9 @@ use kith_agent::runtime::{
     ContainerKey, ContainerRuntime, ContainerState, ExitReason, LibcontainerRuntime, RuntimeConfig,
     RuntimeError, StartRequest,
 };
-use kith_agent::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable};
+use kith_agent::spec::{
+    self, ContainerInput, ImageDefaults, NodeAllocatable, ProfileDir, SeccompInput,
+};
 use serde_json::json;
 
 const CGROUP_ROOT: &str = "/kith-test";
@@ -70,6 +72,8 @@ struct Env {
     state_dir: PathBuf,
     image: PathBuf,
     logs: PathBuf,
+    /// Localhost seccomp profiles (the agent's `<data dir>/seccomp`).
+    seccomp_dir: PathBuf,
     rt: LibcontainerRuntime,
     pod_uid: String,
     started: Vec<ContainerKey>,
@@ -84,6 +88,8 @@ impl Env {
         let state_dir = tmp.path().join("state");
         let image = busybox_rootfs(tmp.path());
         let logs = tmp.path().join("logs");
+        let seccomp_dir = tmp.path().join("seccomp");
+        std::fs::create_dir_all(&seccomp_dir).unwrap();
         let rt = LibcontainerRuntime::new(RuntimeConfig::new(
             state_dir.clone(),
             shim_binary(),
@@ -93,6 +99,7 @@ impl Env {
             state_dir,
             image,
             logs,
+            seccomp_dir,
             rt,
             pod_uid: unique("pod"),
             started: Vec::new(),
@@ -160,6 +167,10 @@ impl Env {
             hosts_file: None,
             resolv_conf: None,
             pids_limit: Some(256),
+            seccomp: SeccompInput {
+                default_runtime_default: false,
+                profiles: &ProfileDir(self.seccomp_dir.clone()),
+            },
         };
         StartRequest {
             key: key.clone(),
@@ -690,4 +701,65 @@ async fn spec_rules_hold_inside_a_real_container() {
         vol.join("ok").exists(),
         "the writable volume is the host directory"
     );
+}
+
+/// RuntimeDefault filters the container (Seccomp: 2, new user namespaces refused) where
+/// Unconfined does not, and a Localhost profile denying mkdir makes mkdir fail.
+#[tokio::test]
+async fn seccomp_profiles_apply_to_the_container() {
+    let mut env = Env::new();
+    std::fs::write(
+        env.seccomp_dir.join("deny-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let script = "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; \
+                  mkdir /tmp/x; echo mkdir=$?";
+    let cases = [
+        ("default", json!({"type": "RuntimeDefault"})),
+        ("unconfined", json!({"type": "Unconfined"})),
+        (
+            "local",
+            json!({"type": "Localhost", "localhostProfile": "deny-mkdir.json"}),
+        ),
+    ];
+    let mut keys = Vec::new();
+    for (name, profile) in &cases {
+        let req = env.request_with(
+            name,
+            json!({"command": ["sh", "-c", script],
+                   "securityContext": {"seccompProfile": profile}}),
+            BTreeMap::new(),
+        );
+        keys.push(req.key.clone());
+        env.rt.start(req).await.unwrap();
+    }
+    for key in &keys {
+        let s = env.wait_exited(key, Duration::from_secs(20)).await;
+        assert_eq!(
+            exited(&s).0,
+            0,
+            "{key:?}: {s:?}\n{}",
+            env.log(&key.container)
+        );
+    }
+    let default = env.log("default");
+    assert!(default.contains("Seccomp:\t2"), "{default}");
+    assert!(default.contains("Operation not permitted"), "{default}");
+    assert!(default.contains("unshare=1"), "{default}");
+    assert!(default.contains("mkdir=0"), "{default}");
+
+    let unconfined = env.log("unconfined");
+    assert!(unconfined.contains("Seccomp:\t0"), "{unconfined}");
+    assert!(unconfined.contains("unshare=0"), "{unconfined}");
+    assert!(
+        !unconfined.contains("Operation not permitted"),
+        "{unconfined}"
+    );
+
+    let local = env.log("local");
+    assert!(local.contains("Seccomp:\t2"), "{local}");
+    assert!(local.contains("mkdir=1"), "{local}");
+    assert!(local.contains("Operation not permitted"), "{local}");
 }

@@ -51,6 +51,10 @@ enum Command {
         /// The pod bridge and nftables table of this box's agent.
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
+        /// Give containers that ask for no seccompProfile the RuntimeDefault profile
+        /// instead of none (the kubelet's --seccomp-default).
+        #[arg(long)]
+        seccomp_default: bool,
         #[command(flatten)]
         image_gc: ImageGcArgs,
     },
@@ -121,6 +125,10 @@ enum Command {
         /// The pod bridge and nftables table of this agent.
         #[arg(long, default_value = "kith0", hide = true)]
         pod_bridge: String,
+        /// Give containers that ask for no seccompProfile the RuntimeDefault profile
+        /// instead of none (the kubelet's --seccomp-default).
+        #[arg(long)]
+        seccomp_default: bool,
         #[command(flatten)]
         image_gc: ImageGcArgs,
     },
@@ -311,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             insecure_registries,
             cluster_cidr,
             pod_bridge,
+            seccomp_default,
             image_gc,
         } => {
             let cluster_cidr = parse_cluster_cidr(&cluster_cidr)?;
@@ -327,6 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bridge: pod_bridge,
                     node_port: kith_api::remote_node::DEFAULT_NODE_PORT,
                     image_gc: image_gc.policy()?,
+                    seccomp_default,
                 })
             };
             if agent.is_some() {
@@ -424,6 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             node_port,
             insecure_registries,
             pod_bridge,
+            seccomp_default,
             image_gc,
         } => {
             up::preflight(&up::HostFacts::read())?;
@@ -449,6 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bridge: pod_bridge,
                 node_port,
                 image_gc: image_gc.policy()?,
+                seccomp_default,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -94,6 +94,7 @@ impl RemoteAgent {
                 bridge: spec.opts.bridge.clone(),
                 node_port: spec.node_port,
                 image_gc: Default::default(),
+                seccomp_default: false,
             },
             log: log.to_path_buf(),
             netns: spec.netns.map(str::to_string),

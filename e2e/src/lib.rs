@@ -644,6 +644,7 @@ impl Drop for Cluster {
                 bridge: a.bridge.clone(),
                 node_port: 10250,
                 image_gc: Default::default(),
+                seccomp_default: false,
             };
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

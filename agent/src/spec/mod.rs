@@ -4,7 +4,8 @@
 //!  Pod + Container ─┐
 //!  ImageDefaults ───┤                      ┌─ process (argv, env, cwd, user, caps)
 //!  resolved data ───┼─► spec::build(..) ──►├─ mounts (defaults, volumes, hosts, resolv.conf)
-//!  host paths ──────┘                      └─ linux (namespaces, cgroups, resources, masks)
+//!  host paths ──────┤                      ├─ linux (namespaces, cgroups, resources, masks)
+//!  seccomp input ───┘                      └─ linux.seccomp (see [`seccomp`])
 //! ```
 //! Everything the builder needs from the outside world (ConfigMap/Secret data, volume
 //! host paths, the network namespace) arrives already resolved, so every rule here is
@@ -13,6 +14,7 @@
 
 mod env;
 mod quantity;
+pub mod seccomp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -23,6 +25,7 @@ use serde_json::{json, Value};
 
 pub use env::{expand, field_ref, Env};
 pub use quantity::{bytes as quantity_bytes, milli_cpu};
+pub use seccomp::{LocalhostProfiles, ProfileDir, SeccompError, SeccompInput};
 
 /// Why a container cannot get a runtime spec.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,6 +48,10 @@ pub enum SpecError {
     Invalid(String),
     #[error("generated spec is invalid: {0}")]
     Oci(String),
+    /// The runtime cannot apply the pod's seccomp profile: `CreateContainerError`, as
+    /// containerd reports it, where the other variants are configuration errors.
+    #[error("{0}")]
+    Seccomp(#[from] SeccompError),
 }
 
 /// What the image's config says about running it (mapped by the caller from the image
@@ -92,6 +99,8 @@ pub struct ContainerInput<'a> {
     pub hosts_file: Option<PathBuf>,
     pub resolv_conf: Option<PathBuf>,
     pub pids_limit: Option<i64>,
+    /// `--seccomp-default` and where Localhost seccomp profiles are read from.
+    pub seccomp: SeccompInput<'a>,
 }
 
 /// The capabilities containerd gives a container that asks for nothing special.
@@ -199,6 +208,7 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
     let sc = c.security_context.as_ref();
     let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
     let caps = capabilities(input, privileged)?;
+    let seccomp = seccomp::decide(input.pod, c, privileged, &caps, input.seccomp)?;
     let no_new_privileges =
         !privileged && sc.and_then(|s| s.allow_privilege_escalation) == Some(false);
     let read_only_root = sc
@@ -244,27 +254,38 @@ pub fn build(input: &ContainerInput) -> Result<Spec, SpecError> {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
     }
+    if let Some(filter) = &seccomp {
+        linux["seccomp"] =
+            serde_json::to_value(filter).map_err(|e| SpecError::Oci(e.to_string()))?;
+    }
 
     let mut user_json = json!({"uid": uid, "gid": gid});
     if !additional_gids.is_empty() {
         user_json["additionalGids"] = json!(additional_gids);
     }
 
+    let mut process = json!({
+        "terminal": false,
+        "user": user_json,
+        "args": args,
+        "env": full_env.to_oci(),
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps_json,
+            "effective": caps_json,
+            "permitted": caps_json,
+        },
+    });
+    // Only when set: libcontainer loads the seccomp filter after dropping capabilities
+    // whenever the field is present, even `false`, and without no_new_privs or
+    // CAP_SYS_ADMIN the kernel refuses the filter then. Absent, it loads the filter
+    // first, as runc does; absent and `false` mean the same to the OCI spec.
+    if no_new_privileges {
+        process["noNewPrivileges"] = json!(true);
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": user_json,
-            "args": args,
-            "env": full_env.to_oci(),
-            "cwd": cwd,
-            "capabilities": {
-                "bounding": caps_json,
-                "effective": caps_json,
-                "permitted": caps_json,
-            },
-            "noNewPrivileges": no_new_privileges,
-        },
+        "process": process,
         "root": {"path": input.rootfs, "readonly": read_only_root},
         "hostname": input.hostname,
         "mounts": mounts(input, &container_env, privileged)?,

@@ -71,6 +71,15 @@ fn fixture(pod_spec_extra: Value, container: Value) -> Fixture {
     }
 }
 
+/// A profile directory with nothing in it.
+struct NoProfiles;
+
+impl LocalhostProfiles for NoProfiles {
+    fn read(&self, _: &std::path::Path) -> Result<Vec<u8>, String> {
+        Err("No such file or directory (os error 2)".into())
+    }
+}
+
 fn run(f: &Fixture) -> Result<Value, SpecError> {
     let input = ContainerInput {
         pod: &f.pod,
@@ -91,6 +100,10 @@ fn run(f: &Fixture) -> Result<Value, SpecError> {
         hosts_file: Some(PathBuf::from("/state/pod/hosts")),
         resolv_conf: Some(PathBuf::from("/state/pod/resolv.conf")),
         pids_limit: Some(1024),
+        seccomp: SeccompInput {
+            default_runtime_default: false,
+            profiles: &NoProfiles,
+        },
     };
     build(&input).map(|s| serde_json::to_value(s).unwrap())
 }
@@ -343,7 +356,8 @@ fn capabilities_and_privileges() {
     let f = fixture(json!({}), c(json!({})));
     let spec = run(&f).unwrap();
     assert_eq!(caps_of(&spec), default);
-    assert_eq!(spec["process"]["noNewPrivileges"], json!(false));
+    // Absent rather than false: see `build` (libcontainer's seccomp ordering).
+    assert!(spec["process"].get("noNewPrivileges").is_none());
     assert_eq!(spec["root"]["readonly"], json!(false));
     assert_eq!(spec["linux"]["maskedPaths"], json!(MASKED_PATHS));
     assert_eq!(spec["linux"]["readonlyPaths"], json!(READONLY_PATHS));
@@ -400,7 +414,7 @@ fn capabilities_and_privileges() {
     );
     let spec = run(&f).unwrap();
     assert_eq!(caps_of(&spec).len(), ALL_CAPABILITIES.len());
-    assert_eq!(spec["process"]["noNewPrivileges"], json!(false));
+    assert!(spec["process"].get("noNewPrivileges").is_none());
     assert!(spec["linux"]
         .get("maskedPaths")
         .is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty())));
@@ -543,4 +557,60 @@ fn mounts_namespaces_and_host_files() {
     assert_eq!(spec["hostname"], json!("web-0"));
     assert_eq!(spec["process"]["cwd"], json!("/app"));
     assert_eq!(spec["root"]["path"], json!("/state/rootfs"));
+}
+
+#[test]
+fn seccomp_profile_in_the_spec() {
+    // (container securityContext, what linux.seccomp must be)
+    let cases = [
+        (json!({}), None),
+        (json!({"seccompProfile": {"type": "Unconfined"}}), None),
+        (
+            json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+            Some("SCMP_ACT_ERRNO"),
+        ),
+        (
+            json!({"seccompProfile": {"type": "RuntimeDefault"}, "privileged": true}),
+            None,
+        ),
+    ];
+    for (sc, want) in cases {
+        let f = fixture(json!({}), c(json!({"securityContext": sc.clone()})));
+        let spec = run(&f).unwrap();
+        let got = spec["linux"]
+            .get("seccomp")
+            .map(|s| s["defaultAction"].as_str().unwrap().to_string());
+        assert_eq!(got.as_deref(), want, "securityContext {sc}");
+    }
+
+    // The filter follows the effective capabilities: CAP_SYS_ADMIN opens mount.
+    let f = fixture(
+        json!({}),
+        c(
+            json!({"securityContext": {"seccompProfile": {"type": "RuntimeDefault"},
+                                     "capabilities": {"add": ["SYS_ADMIN"]}}}),
+        ),
+    );
+    let spec = run(&f).unwrap();
+    let allows_mount = spec["linux"]["seccomp"]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| {
+            r["action"] == "SCMP_ACT_ALLOW"
+                && r["names"].as_array().unwrap().contains(&json!("mount"))
+        });
+    assert!(allows_mount);
+
+    // A profile that cannot be had is the container's error, not a silent unconfined run.
+    let f = fixture(
+        json!({}),
+        c(
+            json!({"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "gone.json"}}}),
+        ),
+    );
+    assert!(matches!(
+        run(&f).unwrap_err(),
+        SpecError::Seccomp(SeccompError::Read { .. })
+    ));
 }

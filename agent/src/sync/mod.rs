@@ -36,7 +36,7 @@ use crate::network::{HostPort, PodNet, PodNetRequest, PodNetwork, Protocol};
 use crate::runtime::{
     ContainerKey, ContainerRuntime, ContainerState, ContainerStatus, StartRequest, StdinMode,
 };
-use crate::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable};
+use crate::spec::{self, ContainerInput, ImageDefaults, NodeAllocatable, ProfileDir, SeccompInput};
 use plan::{Action, Attempt, AttemptState, Health, KillReason, Seen};
 use status::{Facts, StartFailure};
 
@@ -56,6 +56,9 @@ pub struct SyncConfig {
     /// Parent of every container's cgroup, e.g. `/kith`.
     pub cgroup_root: String,
     pub allocatable: NodeAllocatable,
+    /// `--seccomp-default`: containers with no seccompProfile get RuntimeDefault, not
+    /// Unconfined. Localhost profiles are read from `<root>/seccomp`.
+    pub seccomp_default: bool,
 }
 
 /// Per-pod memory of the executor: what failed, when to retry, what was posted.
@@ -790,20 +793,23 @@ where
             hosts_file: Some(hosts),
             resolv_conf: Some(resolv),
             pids_limit: None,
+            seccomp: SeccompInput {
+                default_runtime_default: self.cfg.seccomp_default,
+                profiles: &ProfileDir(self.cfg.root.join("seccomp")),
+            },
         };
         let oci = match spec::build(&input) {
             Ok(s) => s,
             Err(e) => {
+                // The kubelet leaves seccomp profiles to the runtime, whose failure is a
+                // CreateContainerError; the rest is the pod's configuration.
+                let reason = match e {
+                    spec::SpecError::Seccomp(_) => "CreateContainerError",
+                    _ => "CreateContainerConfigError",
+                };
                 let message = format!("Error: {e}");
-                self.fail(
-                    &uid,
-                    name,
-                    &cref,
-                    "Failed",
-                    "CreateContainerConfigError",
-                    message,
-                )
-                .await;
+                self.fail(&uid, name, &cref, "Failed", reason, message)
+                    .await;
                 return;
             }
         };
