@@ -80,6 +80,8 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
             })
             .await?;
     }
+    // PID 1 is the container's own process. A process `kubectl exec` starts is not
+    // filtered yet: libcontainer 0.7's exec (tenant) path does not carry linux.seccomp.
     let status = cluster
         .kubectl_ok(
             K,
@@ -122,9 +124,30 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
     let describe = cluster
         .kubectl_ok(K, &["describe", "pod", "missing", "-n", &ns])
         .await?;
+    // The Failed event names the file and why it could not be used.
     ensure!(
-        describe.contains("nope.json") && describe.contains("CreateContainerError"),
+        describe.contains("CreateContainerError")
+            && describe.contains("cannot read localhost seccomp profile")
+            && describe.contains("seccomp/nope.json\": No such file or directory"),
         "kubectl describe pod:\n{describe}"
+    );
+    let message = cluster
+        .kubectl_ok(
+            K,
+            &[
+                "get",
+                "pod",
+                "missing",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.message}",
+            ],
+        )
+        .await?;
+    ensure!(
+        message.contains("cannot read localhost seccomp profile"),
+        "waiting message: {message}"
     );
 
     // The other pods are untouched by the one that cannot start.
