@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kith_api::error::ApiError;
-use kith_api::exec::{ExecStreams, ExecTarget, NodeExec};
+use kith_api::exec::{ExecStreams, ExecTarget, NodeExec, TermSize};
 use kith_api::nodes::{ByteStream, LogQuery, LogTarget, NodeConnector};
 
 use crate::runtime::logs::{self, LogOptions};
+use crate::runtime::pty::WinSize;
 use crate::runtime::{ContainerKey, ContainerRuntime, ContainerState, ExecRequest, RuntimeError};
 
 /// Serves this node's logs from `root` (the agent's data dir).
@@ -131,19 +132,7 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
         target: &ExecTarget,
     ) -> Pin<Box<dyn Future<Output = Result<(), ApiError>> + Send + '_>> {
         let target = target.clone();
-        Box::pin(async move {
-            // The runtime has no terminals yet (exec answers Unsupported); say so before
-            // the upgrade rather than after kubectl's SPDY retry.
-            if target.tty {
-                let what = if target.command.is_empty() {
-                    "attach with a tty"
-                } else {
-                    "exec with a tty"
-                };
-                return Err(exec_error(RuntimeError::Unsupported(what)));
-            }
-            self.exec_key(&target).await.map(drop)
-        })
+        Box::pin(async move { self.exec_key(&target).await.map(drop) })
     }
 
     fn exec(
@@ -153,10 +142,8 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
         Box::pin(async move {
             let key = self.exec_key(&target).await?;
             let session = if target.command.is_empty() {
-                // pods/attach: no command, the container's own process.
-                if target.tty {
-                    return Err(exec_error(RuntimeError::Unsupported("attach with a tty")));
-                }
+                // pods/attach: no command, the container's own process (whose terminal,
+                // if it has one, the runtime knows).
                 self.runtime.attach(&key, target.stdin).await
             } else {
                 self.runtime
@@ -177,10 +164,29 @@ impl<R: ContainerRuntime + 'static> NodeExec for LocalNode<R> {
                 stdin: session.stdin,
                 stdout: session.stdout,
                 stderr: session.stderr,
+                resize: session.resize.map(forward_sizes),
                 exit_code: Box::pin(async move { exit_code.await.map_err(|e| e.to_string()) }),
             })
         })
     }
+}
+
+/// The API's terminal sizes, handed on to the runtime's session for as long as both
+/// ends are there.
+fn forward_sizes(to: tokio::sync::mpsc::Sender<WinSize>) -> tokio::sync::mpsc::Sender<TermSize> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<TermSize>(8);
+    tokio::spawn(async move {
+        while let Some(s) = rx.recv().await {
+            let size = WinSize {
+                cols: s.width,
+                rows: s.height,
+            };
+            if to.send(size).await.is_err() {
+                return;
+            }
+        }
+    });
+    tx
 }
 
 /// The attempts that have a log file in `dir`, oldest first.
@@ -346,9 +352,9 @@ mod tests {
     fn exec_errors_map_to_status() {
         let cases: Vec<(RuntimeError, u16, &str)> = vec![
             (
-                RuntimeError::Unsupported("exec with a tty"),
+                RuntimeError::Unsupported("exec with a tty and a timeout"),
                 400,
-                "exec with a tty is not supported by this node",
+                "exec with a tty and a timeout is not supported by this node",
             ),
             (
                 RuntimeError::Spec("exec needs a command".into()),
@@ -404,16 +410,20 @@ mod tests {
         assert!(rt.calls().contains(&Call::Attach(key, true)));
         assert!(!rt.calls().iter().any(|c| matches!(c, Call::Exec(..))));
 
+        // A terminal is the runtime's business (the container has one or not): the
+        // node accepts it and hands the attach on as any other.
         let tty = ExecTarget {
             tty: true,
             ..target
         };
-        let err = node.check(&tty).await.unwrap_err();
-        assert_eq!(err.code(), 400);
-        assert!(
-            err.to_string()
-                .contains("attach with a tty is not supported"),
-            "{err}"
+        node.check(&tty).await.unwrap();
+        node.exec(tty).await.unwrap();
+        assert_eq!(
+            rt.calls()
+                .iter()
+                .filter(|c| matches!(c, Call::Attach(..)))
+                .count(),
+            2
         );
     }
 }

@@ -103,6 +103,7 @@ impl NodeExec for FakeNode {
                 } else {
                     b"warn\n".to_vec()
                 })),
+                resize: None,
                 exit_code: Box::pin(async move {
                     let mut got = Vec::new();
                     let _ = stdin_r.read_to_end(&mut got).await;

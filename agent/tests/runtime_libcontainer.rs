@@ -763,3 +763,119 @@ async fn seccomp_profiles_apply_to_the_container() {
     assert!(local.contains("mkdir=1"), "{local}");
     assert!(local.contains("Operation not permitted"), "{local}");
 }
+
+/// Reads `r` until the text holds `want`, for at most 10 s; returns what was read.
+async fn read_until<R: tokio::io::AsyncRead + Unpin>(r: &mut R, want: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no {want:?} ({other:?}) in {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A container with `tty: true`: attach sees its terminal's output, `tty` names a
+/// /dev/pts path, a resize changes `stty size`, TERM is set, and the log holds the
+/// terminal's output as stdout.
+#[tokio::test]
+async fn tty_container_is_attached_and_resized() {
+    use kith_agent::runtime::pty::WinSize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    let mut req = env.request_with(
+        "term",
+        json!({"command": ["sh"], "stdin": true, "tty": true}),
+        BTreeMap::new(),
+    );
+    // What the sync loop does for `tty: true`.
+    req.spec
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_terminal(Some(true));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let mut s = env.rt.attach(&key, true).await.unwrap();
+    let resize = s.resize.take().expect("a tty container takes sizes");
+    let mut stdin = s.stdin.take().unwrap();
+    resize.send(WinSize { cols: 91, rows: 37 }).await.unwrap();
+    stdin
+        .write_all(b"tty; stty size; echo \"T=$TERM\"; echo err >&2; exit 7\n")
+        .await
+        .unwrap();
+    // The session ends once the container exited; stderr is the terminal too, so all
+    // of it comes as stdout.
+    let mut out = String::new();
+    s.stdout.read_to_string(&mut out).await.unwrap();
+    let mut err = String::new();
+    s.stderr.read_to_string(&mut err).await.unwrap();
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("37 91"), "{out:?}");
+    assert!(out.contains("T=xterm") && out.contains("err"), "{out:?}");
+    assert_eq!(err, "");
+    let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
+    assert_eq!(code, 7);
+    assert_eq!(s.exit_code.await.unwrap(), 0);
+    let log = env.log("term");
+    assert!(
+        log.contains(" stdout ") && log.contains("/dev/pts/"),
+        "{log}"
+    );
+    assert!(!log.contains(" stderr "), "{log}");
+}
+
+/// `exec` with a tty (`kubectl exec -it`): the process gets a terminal of its own, sizes
+/// reach it, and its exit code comes back.
+#[tokio::test]
+async fn exec_with_a_tty() {
+    use kith_agent::runtime::pty::WinSize;
+    use kith_agent::runtime::ExecRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    let req = env.request("target", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command: vec!["sh".into()],
+                tty: true,
+                stdin: true,
+                timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+    let resize = s.resize.take().expect("a tty exec takes sizes");
+    let mut stdin = s.stdin.take().unwrap();
+    resize
+        .send(WinSize {
+            cols: 120,
+            rows: 50,
+        })
+        .await
+        .unwrap();
+    stdin
+        .write_all(b"tty; stty size; echo \"T=$TERM\"\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s.stdout, "T=xterm").await;
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("50 120"), "{out:?}");
+    resize.send(WinSize { cols: 80, rows: 24 }).await.unwrap();
+    stdin.write_all(b"stty size; exit 3\n").await.unwrap();
+    let mut rest = String::new();
+    s.stdout.read_to_string(&mut rest).await.unwrap();
+    assert!(rest.contains("24 80"), "{rest:?}");
+    assert_eq!(s.exit_code.await.unwrap(), 3);
+}

@@ -113,6 +113,9 @@ pub struct ExecStreams {
     pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// Where the client's terminal sizes go, when the process has a terminal (`tty`).
+    /// With a tty, stdout carries the terminal's output and stderr stays empty.
+    pub resize: Option<tokio::sync::mpsc::Sender<TermSize>>,
     /// The exit code (128 + signal when killed), or why it could not be had. Dropping it
     /// before it resolves must stop the process: that is how a client going away ends it.
     pub exit_code: Pin<Box<dyn Future<Output = Result<i32, String>> + Send>>,
@@ -173,7 +176,7 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// A terminal size, as kubectl sends it on the resize channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TermSize {
     #[serde(rename = "Width")]
     pub width: u16,
@@ -327,6 +330,7 @@ async fn copy_out(
 async fn read_input<S>(
     mut source: futures::stream::SplitStream<WebSocketStream<S>>,
     mut stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    resize: Option<tokio::sync::mpsc::Sender<TermSize>>,
     proto: Protocol,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -352,8 +356,14 @@ async fn read_input<S>(
                     let _ = w.shutdown().await;
                 }
             }
+            Ok(ClientFrame::Resize(size)) => {
+                // Sizes only matter to a terminal; a full queue means newer sizes follow.
+                if let Some(r) = &resize {
+                    let _ = r.try_send(size);
+                }
+            }
             // Without a terminal there is nothing to resize.
-            Ok(ClientFrame::Resize(_)) | Ok(ClientFrame::Nothing) => {}
+            Ok(ClientFrame::Nothing) => {}
             Err(e) => tracing::debug!(error = %e, "exec input"),
         }
     }
@@ -433,9 +443,10 @@ where
         stdin,
         stdout,
         stderr,
+        resize,
         exit_code,
     } = streams;
-    let mut input = tokio::spawn(read_input(source, stdin, proto));
+    let mut input = tokio::spawn(read_input(source, stdin, resize, proto));
     // As the kubelet: an empty message on the first output channel tells the client the
     // streams are ready.
     let first = if q.stdout {
@@ -684,10 +695,12 @@ mod tests {
         let (mut stdout_w, stdout_r) = tokio::io::duplex(1024);
         let (stderr_w, stderr_r) = tokio::io::duplex(1024);
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<i32>();
+        let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<TermSize>(4);
         let streams = ExecStreams {
             stdin: Some(Box::pin(stdin_w)),
             stdout: Box::pin(stdout_r),
             stderr: Box::pin(stderr_r),
+            resize: Some(resize_tx),
             exit_code: Box::pin(async move { exit_rx.await.map_err(|e| e.to_string()) }),
         };
         let q = ExecQuery {
@@ -704,6 +717,21 @@ mod tests {
         let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
         assert_eq!(next(&mut client).await.as_deref(), Some(&[STDOUT][..]));
 
+        client
+            .send(Message::Binary(encode(
+                RESIZE,
+                br#"{"Width":100,"Height":30}"#,
+            )))
+            .await
+            .unwrap();
+        assert_eq!(
+            resize_rx.recv().await,
+            Some(TermSize {
+                width: 100,
+                height: 30
+            }),
+            "a resize reaches the process's terminal"
+        );
         client
             .send(Message::Binary(encode(STDIN, b"abc")))
             .await
@@ -750,6 +778,7 @@ mod tests {
             stdin: None,
             stdout: Box::pin(stdout_r),
             stderr: Box::pin(stderr_r),
+            resize: None,
             exit_code: Box::pin(async move {
                 let _guard = guard;
                 std::future::pending::<Result<i32, String>>().await

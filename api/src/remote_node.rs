@@ -186,7 +186,8 @@ impl Drop for AbortOnDrop {
 
 /// The process at the other end of a `v5.channel.k8s.io` websocket, as [`ExecStreams`]:
 /// channels 1 and 2 become stdout and stderr, the Status on channel 3 the exit code, and
-/// stdin (when asked for) goes out on channel 0, its end as the v5 close message.
+/// stdin (when asked for) goes out on channel 0, its end as the v5 close message, and
+/// terminal sizes on channel 4.
 pub fn streams_over<S>(ws: WebSocketStream<S>, stdin: bool) -> ExecStreams
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -226,41 +227,58 @@ where
         drop(err_w);
         let _ = exit_tx.send(exit);
     });
-    let (stdin_w, writer) = if stdin {
-        let (w, mut r) = tokio::io::duplex(64 * 1024);
-        let writer = tokio::spawn(async move {
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match r.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let close = exec::encode(exec::CLOSE, &[exec::STDIN]);
-                        let _ = sink.send(Message::Binary(close)).await;
-                        break;
-                    }
-                    Ok(n) => {
-                        let data = exec::encode(exec::STDIN, &buf[..n]);
-                        if sink.send(Message::Binary(data)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            // The sink stays open until the session ends.
-            std::future::pending::<()>().await;
-        });
-        (Some(Box::pin(w) as Pin<Box<dyn AsyncWrite + Send>>), writer)
+    // Stdin and terminal sizes in the order they were given (sizes first when both are
+    // ready: one sent before some input then reaches the terminal before it).
+    let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<exec::TermSize>(8);
+    let (stdin_w, mut input) = if stdin {
+        let (w, r) = tokio::io::duplex(64 * 1024);
+        (
+            Some(Box::pin(w) as Pin<Box<dyn AsyncWrite + Send>>),
+            Some(r),
+        )
     } else {
-        let writer = tokio::spawn(async move {
-            let _sink = sink;
-            std::future::pending::<()>().await;
-        });
-        (None, writer)
+        (None, None)
     };
+    let writer = tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut sizes_open = true;
+        loop {
+            let data = tokio::select! {
+                biased;
+                size = resize_rx.recv(), if sizes_open => match size {
+                    Some(size) => {
+                        let json = serde_json::to_vec(&size).unwrap_or_default();
+                        exec::encode(exec::RESIZE, &json)
+                    }
+                    None => {
+                        sizes_open = false;
+                        continue;
+                    }
+                },
+                n = async { input.as_mut().expect("guarded").read(&mut buf).await },
+                    if input.is_some() => match n {
+                    Ok(n) if n > 0 => exec::encode(exec::STDIN, &buf[..n]),
+                    _ => {
+                        input = None;
+                        exec::encode(exec::CLOSE, &[exec::STDIN])
+                    }
+                },
+                else => break,
+            };
+            if sink.send(Message::Binary(data)).await.is_err() {
+                break;
+            }
+        }
+        // The sink stays open until the session ends.
+        std::future::pending::<()>().await;
+    });
     let guard = AbortOnDrop(vec![reader, writer]);
     ExecStreams {
         stdin: stdin_w,
         stdout: Box::pin(out_r),
         stderr: Box::pin(err_r),
+        // Sizes go to the node, whose pump hands them to the terminal, if there is one.
+        resize: Some(resize_tx),
         exit_code: Box::pin(async move {
             let _guard = guard;
             exit_rx
@@ -734,12 +752,14 @@ mod tests {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let (stdin_w, mut stdin_r) = tokio::io::duplex(1024);
         let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let (size_tx, mut size_rx) = tokio::sync::mpsc::channel(4);
         let node = tokio::spawn(async move {
             let ws = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
             let streams = ExecStreams {
                 stdin: Some(Box::pin(stdin_w)),
                 stdout: Box::pin(std::io::Cursor::new(b"out\n".to_vec())),
                 stderr: Box::pin(std::io::Cursor::new(b"err\n".to_vec())),
+                resize: Some(size_tx),
                 exit_code: Box::pin(async move {
                     // The process exits once its stdin ends, with what it read.
                     let mut got = Vec::new();
@@ -759,6 +779,12 @@ mod tests {
         });
         let ws = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let mut s = streams_over(ws, true);
+        let size = exec::TermSize {
+            width: 120,
+            height: 40,
+        };
+        s.resize.as_ref().unwrap().send(size).await.unwrap();
+        assert_eq!(size_rx.recv().await, Some(size), "a terminal size crosses");
         let mut stdin = s.stdin.take().unwrap();
         stdin.write_all(b"hello").await.unwrap();
         stdin.shutdown().await.unwrap();

@@ -7,7 +7,13 @@
 //!    hello byte:      b'1' (will send stdin) | b'0' (output only)
 //!    agent ──► shim:  raw stdin bytes; EOF = done with stdin (closes it for stdinOnce)
 //!    shim ──► agent:  frames [stream: 1 stdout | 2 stderr][length: u32 BE][bytes]
+//!
+//!    terminal clients (containers with `tty: true`) say hello b'3' (stdin) | b'2' (none)
+//!    and frame their input too, in the same format:
+//!    agent ──► shim:  [0 stdin][len][bytes] · [4 resize][4][cols rows: u16 BE]
+//!                     · [255 stdin closed][0]
 //! ```
+//! A terminal's output is one stream (stdout), as the kubelet logs and serves it.
 //! The shim closes every client once the container exited and its output was sent. The
 //! container's stdin (when the pod asks for one) is a pipe whose write end the shim keeps
 //! open, so the container sees no end of input between attach sessions.
@@ -22,6 +28,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::pty::{self, WinSize};
 use super::{ExecSession, Result};
 
 /// The socket's name in the container's state directory.
@@ -31,6 +38,13 @@ pub const STDERR: u8 = 2;
 /// The client's first byte: it will send stdin, or only reads output.
 pub const HELLO_STDIN: u8 = b'1';
 pub const HELLO_OUTPUT: u8 = b'0';
+/// The hellos of clients that frame their input (stdin and terminal sizes).
+pub const HELLO_FRAMED_STDIN: u8 = b'3';
+pub const HELLO_FRAMED_OUTPUT: u8 = b'2';
+/// Input frame kinds.
+pub const IN_STDIN: u8 = 0;
+pub const IN_RESIZE: u8 = 4;
+pub const IN_CLOSE: u8 = 255;
 /// Output a client may fall behind by before the shim drops it: a stuck client must never
 /// stall the container's output or its log.
 const CLIENT_BACKLOG: usize = 4 << 20;
@@ -102,16 +116,22 @@ impl Decoder {
 }
 
 /// Joins the container whose state directory is `dir`: its live output and, with
-/// `stdin`, its input. The session's exit resolves (to 0) when the shim lets go, i.e.
-/// once the container exited; dropping it ends the session, not the container.
-pub async fn connect(dir: &Path, stdin: bool) -> Result<ExecSession> {
+/// `stdin`, its input; with `tty` (the container has a terminal) input is framed and the
+/// session takes terminal sizes. The session's exit resolves (to 0) when the shim lets
+/// go, i.e. once the container exited; dropping it ends the session, not the container.
+pub async fn connect(dir: &Path, stdin: bool, tty: bool) -> Result<ExecSession> {
     let err = super::io_err("attach to the container's shim");
     let handle = std::fs::File::open(dir).map_err(super::io_err("open the state directory"))?;
     let mut sock = tokio::net::UnixStream::connect(socket_path(&handle))
         .await
         .map_err(super::io_err("attach to the container's shim"))?;
     drop(handle);
-    let hello = if stdin { HELLO_STDIN } else { HELLO_OUTPUT };
+    let hello = match (tty, stdin) {
+        (false, true) => HELLO_STDIN,
+        (false, false) => HELLO_OUTPUT,
+        (true, true) => HELLO_FRAMED_STDIN,
+        (true, false) => HELLO_FRAMED_OUTPUT,
+    };
     sock.write_all(&[hello]).await.map_err(err)?;
     let (mut rd, wr) = sock.into_split();
     let (mut out_w, out_r) = tokio::io::duplex(64 * 1024);
@@ -142,17 +162,87 @@ pub async fn connect(dir: &Path, stdin: bool) -> Result<ExecSession> {
             self.0.abort();
         }
     }
-    Ok(ExecSession {
+    let (stdin, resize, framer) = if tty {
+        let f = frame_input(wr, stdin);
+        (f.stdin, Some(f.resize), Some(f.task))
+    } else {
         // Without stdin the write half goes now: the shim reads that as "no input".
-        stdin: stdin.then(|| Box::pin(wr) as _),
+        (stdin.then(|| Box::pin(wr) as _), None, None)
+    };
+    Ok(ExecSession {
+        stdin,
         stdout: Box::pin(out_r),
         stderr: Box::pin(err_r),
+        resize,
         exit_code: Box::pin(async move {
             let _abort = AbortOnDrop(abort);
+            let _framer = framer.map(|f| AbortOnDrop(f.abort_handle()));
             let _ = pump.await;
             Ok(0)
         }),
     })
+}
+
+/// The caller's side of framed input: what is written to the returned stdin (when
+/// `stdin`) and the sizes sent to the returned sender go to `out` as input frames, in the
+/// order they were given (a size sent before some input is applied before it); the end of
+/// stdin goes as a close frame. `out` is shut down once both are done.
+pub fn frame_input<W>(mut out: W, stdin: bool) -> FramedInput
+where
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (resize_tx, mut resize_rx) = tokio::sync::mpsc::channel::<WinSize>(8);
+    let (user_stdin, mut input) = if stdin {
+        let (w, r) = tokio::io::duplex(64 * 1024);
+        (Some(Box::pin(w) as _), Some(r))
+    } else {
+        (None, None)
+    };
+    let writer = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut sizes_open = true;
+        loop {
+            let frame = tokio::select! {
+                // Sizes first: one that was sent before some input is ready before it.
+                biased;
+                size = resize_rx.recv(), if sizes_open => match size {
+                    Some(size) => encode(IN_RESIZE, &size.to_bytes()),
+                    None => {
+                        sizes_open = false;
+                        continue;
+                    }
+                },
+                n = async { input.as_mut().expect("guarded").read(&mut buf).await },
+                    if input.is_some() => match n {
+                    Ok(n) if n > 0 => encode(IN_STDIN, &buf[..n]),
+                    _ => {
+                        input = None;
+                        encode(IN_CLOSE, &[])
+                    }
+                },
+                else => break,
+            };
+            if out.write_all(&frame).await.is_err() || out.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = out.shutdown().await;
+    });
+    FramedInput {
+        stdin: user_stdin,
+        resize: resize_tx,
+        task: writer,
+    }
+}
+
+/// The ends [`frame_input`] gives its caller.
+pub struct FramedInput {
+    /// The process's stdin, when the session has one.
+    pub stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    /// Terminal sizes.
+    pub resize: tokio::sync::mpsc::Sender<WinSize>,
+    /// The task writing the frames; it ends when both inputs are done or `out` fails.
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 /// What a poll slot of the hub is.
@@ -167,6 +257,9 @@ struct Client {
     stream: UnixStream,
     /// Its hello: `Some(true)` when it sends stdin. `None` until the first byte.
     stdin: Option<bool>,
+    /// Its input comes in frames (stdin, sizes, close), not as raw bytes.
+    framed: bool,
+    input: Decoder,
     /// Still reading from it (it has not shut down its side).
     reading: bool,
     out: Vec<u8>,
@@ -183,6 +276,8 @@ pub struct Hub {
     /// Close stdin once `pending` is written (stdinOnce and its session ended).
     closing: bool,
     pending: Vec<u8>,
+    /// The container's terminal (its pty master), which resize frames apply to.
+    terminal: Option<OwnedFd>,
 }
 
 impl Hub {
@@ -213,7 +308,15 @@ impl Hub {
             once,
             closing: false,
             pending: Vec::new(),
+            terminal: None,
         })
+    }
+
+    /// The container has a terminal: `master` (a descriptor of its pty master) takes the
+    /// sizes terminal clients send.
+    pub fn with_terminal(mut self, master: OwnedFd) -> Hub {
+        self.terminal = Some(master);
+        self
     }
 
     /// The descriptors to poll and for what.
@@ -344,6 +447,8 @@ impl Hub {
                         self.clients.push(Client {
                             stream,
                             stdin: None,
+                            framed: false,
+                            input: Decoder::default(),
                             reading: true,
                             out: Vec::new(),
                         });
@@ -370,12 +475,30 @@ impl Hub {
             Ok(n) => {
                 let mut data = &buf[..n];
                 if c.stdin.is_none() {
-                    c.stdin = Some(data[0] == HELLO_STDIN);
+                    let hello = data[0];
+                    c.stdin = Some(hello == HELLO_STDIN || hello == HELLO_FRAMED_STDIN);
+                    c.framed = hello == HELLO_FRAMED_STDIN || hello == HELLO_FRAMED_OUTPUT;
                     data = &data[1..];
                 }
-                if c.stdin == Some(true) && self.stdin.is_some() && !self.closing {
-                    self.pending.extend_from_slice(data);
-                    self.write_stdin();
+                let sends_stdin = c.stdin == Some(true);
+                if !c.framed {
+                    if sends_stdin {
+                        self.take_stdin(data);
+                    }
+                    return true;
+                }
+                let frames = c.input.push(data);
+                for (kind, body) in frames {
+                    match kind {
+                        IN_STDIN if sends_stdin => self.take_stdin(&body),
+                        IN_RESIZE => self.resize(&body),
+                        IN_CLOSE if sends_stdin => {
+                            // Done with stdin, still reading output (and sending sizes).
+                            self.clients[i].stdin = Some(false);
+                            self.stdin_session_ended();
+                        }
+                        _ => {}
+                    }
                 }
                 true
             }
@@ -400,6 +523,22 @@ impl Hub {
             }
         }
         true
+    }
+
+    /// Input from a client that sends stdin.
+    fn take_stdin(&mut self, data: &[u8]) {
+        if self.stdin.is_some() && !self.closing {
+            self.pending.extend_from_slice(data);
+            self.write_stdin();
+        }
+    }
+
+    fn resize(&mut self, body: &[u8]) {
+        if let (Some(master), Some(size)) = (&self.terminal, WinSize::from_bytes(body)) {
+            if let Err(e) = pty::set_size(master.as_fd(), size) {
+                tracing::debug!(%e, "resize the container's terminal");
+            }
+        }
     }
 
     fn write_stdin(&mut self) {
@@ -507,8 +646,8 @@ mod tests {
                 hub.ready(&events);
             }
         });
-        let mut s = connect(tmp.path(), true).await.unwrap();
-        let mut watcher = connect(tmp.path(), false).await.unwrap();
+        let mut s = connect(tmp.path(), true, false).await.unwrap();
+        let mut watcher = connect(tmp.path(), false, false).await.unwrap();
         let mut stdin = s.stdin.take().unwrap();
         stdin.write_all(b"hello\n").await.unwrap();
         stdin.shutdown().await.unwrap();
@@ -533,5 +672,73 @@ mod tests {
         assert_eq!(seen, "got hello\n");
         assert_eq!(s.exit_code.await.unwrap(), 0);
         shim.join().unwrap();
+    }
+
+    /// A terminal client against a hub that holds a real pty: its sizes reach the
+    /// terminal, its stdin the slave side, and its end of stdin leaves the terminal open.
+    #[tokio::test]
+    async fn terminal_clients_resize_and_type() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let master = pty.master;
+        let hub = Hub::bind(tmp.path(), Some(master.try_clone().unwrap()), false)
+            .unwrap()
+            .with_terminal(master.try_clone().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shim = {
+            let stop = stop.clone();
+            let mut hub = hub;
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let events: Vec<(Slot, PollFlags)> = {
+                        let slots = hub.slots();
+                        let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
+                        nix::poll::poll(&mut fds, PollTimeout::from(20u16)).unwrap();
+                        slots
+                            .iter()
+                            .zip(fds.iter())
+                            .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+                            .collect()
+                    };
+                    hub.ready(&events);
+                }
+                hub.finish(Duration::from_millis(100));
+            })
+        };
+        let mut s = connect(tmp.path(), true, true).await.unwrap();
+        let resize = s.resize.take().expect("a terminal session takes sizes");
+        resize.send(WinSize { cols: 99, rows: 33 }).await.unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(b"typed\n").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let slave = pty.slave;
+        let (line, size) = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::from(slave);
+            let mut buf = [0u8; 64];
+            let n = f.read(&mut buf).unwrap();
+            let mut ws = nix::libc::winsize {
+                ws_row: 0,
+                ws_col: 0,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // The size was sent before the input, so it is in place once the input is.
+            window_size(f.as_raw_fd(), &mut ws);
+            (buf[..n].to_vec(), (ws.ws_col, ws.ws_row))
+        })
+        .await
+        .unwrap();
+        assert_eq!(line, b"typed\n");
+        assert_eq!(size, (99, 33));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        shim.join().unwrap();
+        drop(master);
+    }
+
+    #[allow(unsafe_code)]
+    fn window_size(fd: std::os::fd::RawFd, ws: &mut nix::libc::winsize) {
+        // SAFETY: TIOCGWINSZ writes one `winsize` through a pointer to a live local.
+        let rc = unsafe { nix::libc::ioctl(fd, nix::libc::TIOCGWINSZ, ws as *mut _) };
+        assert_eq!(rc, 0);
     }
 }

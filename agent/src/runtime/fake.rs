@@ -279,6 +279,7 @@ impl ContainerRuntime for FakeRuntime {
             stdin: stdin.then(|| Box::pin(tokio::io::sink()) as _),
             stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
             stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
+            resize: None,
             exit_code: Box::pin(std::future::ready(Ok(0))),
         })
     }
@@ -311,6 +312,7 @@ impl ContainerRuntime for FakeRuntime {
             stdin,
             stdout: Box::pin(std::io::Cursor::new(outcome.stdout)),
             stderr: Box::pin(std::io::Cursor::new(outcome.stderr)),
+            resize: None,
             exit_code: Box::pin(std::future::ready(if outcome.timed_out {
                 Err(RuntimeError::ExecTimeout(req.timeout.unwrap_or_default()))
             } else {

@@ -271,6 +271,13 @@ fn prepare_inner(config: &RuntimeConfig, dir: &Path, req: &StartRequest) -> Resu
     }
     let rootfs = dir.join(state::ROOTFS);
     let mut spec = req.spec.clone();
+    if let Some(process) = spec.process_mut() {
+        if process.terminal() == Some(true) {
+            // As containerd's CRI does for tty containers.
+            let env = super::pty::with_term(process.env().clone().unwrap_or_default());
+            process.set_env(Some(env));
+        }
+    }
     let readonly = spec
         .root()
         .as_ref()
@@ -510,13 +517,13 @@ impl ContainerRuntime for LibcontainerRuntime {
         key.validate()?;
         let dir = self.container_dir(key);
         require_running(&dir, key)?;
-        super::attach::connect(&dir, stdin).await
+        super::attach::connect(&dir, stdin, super::shim::terminal(&dir)).await
     }
 
     async fn exec(&self, key: &ContainerKey, req: ExecRequest) -> Result<ExecSession> {
         key.validate()?;
-        if req.tty {
-            return Err(RuntimeError::Unsupported("exec with a tty"));
+        if req.tty && req.timeout.is_some() {
+            return Err(RuntimeError::Unsupported("exec with a tty and a timeout"));
         }
         if req.command.is_empty() {
             return Err(RuntimeError::Spec("exec needs a command".into()));
@@ -525,6 +532,9 @@ impl ContainerRuntime for LibcontainerRuntime {
         require_running(&dir, key)?;
         let mut cmd = tokio::process::Command::new(&self.config.shim_binary);
         cmd.arg("shim").arg("exec").arg(&dir);
+        if req.tty {
+            cmd.arg("--tty");
+        }
         if let Some(t) = req.timeout {
             // The helper enforces the deadline itself (see shim::exec): it can kill the
             // command's process group, which the agent cannot name.
@@ -536,7 +546,8 @@ impl ContainerRuntime for LibcontainerRuntime {
             .args(&req.command)
             // The helper's stderr is the session's: its own logging must stay quiet.
             .env("KITH_LOG", "off")
-            .stdin(if req.stdin {
+            // With a tty, stdin carries terminal sizes too.
+            .stdin(if req.stdin || req.tty {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -546,12 +557,21 @@ impl ContainerRuntime for LibcontainerRuntime {
             .kill_on_drop(true)
             .spawn()
             .map_err(io_err("spawn shim exec"))?;
-        let stdin = child.stdin.take().map(|s| Box::pin(s) as _);
+        let (stdin, resize, framer) = match (req.tty, child.stdin.take()) {
+            (true, Some(pipe)) => {
+                let f = super::attach::frame_input(pipe, req.stdin);
+                (f.stdin, Some(f.resize), Some(f.task))
+            }
+            (_, pipe) => (pipe.map(|s| Box::pin(s) as _), None, None),
+        };
         let stdout = Box::pin(child.stdout.take().expect("stdout is piped"));
         let stderr = Box::pin(child.stderr.take().expect("stderr is piped"));
         let timeout = req.timeout;
         let exit_code = Box::pin(async move {
             let status = child.wait().await.map_err(io_err("wait for shim exec"))?;
+            if let Some(f) = framer {
+                f.abort();
+            }
             use std::os::unix::process::ExitStatusExt;
             match (status.signal(), timeout) {
                 // The helper's own way of saying it killed the command at the deadline.
@@ -567,6 +587,7 @@ impl ContainerRuntime for LibcontainerRuntime {
             stdin,
             stdout,
             stderr,
+            resize,
             exit_code,
         })
     }

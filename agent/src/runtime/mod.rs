@@ -18,6 +18,7 @@ pub mod attach;
 pub mod crilog;
 mod libcontainer_runtime;
 pub mod logs;
+pub mod pty;
 pub mod shim;
 pub mod state;
 
@@ -137,7 +138,8 @@ pub struct StartRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecRequest {
     pub command: Vec<String>,
-    /// A terminal for the process; not supported yet (`start` fails with `Unsupported`).
+    /// A terminal for the process (`kubectl exec -it`): its output is all on stdout, and
+    /// the session takes terminal sizes ([`ExecSession::resize`]).
     pub tty: bool,
     /// Whether the caller will write to the process's stdin (otherwise it reads /dev/null).
     pub stdin: bool,
@@ -151,6 +153,8 @@ pub struct ExecSession {
     pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
     pub stdout: Pin<Box<dyn AsyncRead + Send>>,
     pub stderr: Pin<Box<dyn AsyncRead + Send>>,
+    /// Where terminal sizes go, when the process has a terminal.
+    pub resize: Option<tokio::sync::mpsc::Sender<pty::WinSize>>,
     /// Resolves to the process's exit code (128 + signal when killed) once it ends.
     pub exit_code: Pin<Box<dyn Future<Output = Result<i32>> + Send>>,
 }

@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 
 use super::attach::{self, Hub, Slot};
 use super::crilog::{format_line, LineSplitter, RotatingWriter, Stream, MAX_LINE};
+use super::pty::{self, ConsoleSocket, WinSize};
 use super::state::{self, Exit, Meta, Pids};
 use super::{ExitReason, StdinMode};
 
@@ -43,6 +44,10 @@ pub fn main(args: Vec<String>) -> i32 {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args.as_slice() {
         ["run", dir] => run(Path::new(dir)),
+        ["exec", dir, "--tty", "--", command @ ..] if !command.is_empty() => exec_tty(
+            Path::new(dir),
+            command.iter().map(|s| s.to_string()).collect(),
+        ),
         ["exec", dir, "--", command @ ..] if !command.is_empty() => exec(
             Path::new(dir),
             command.iter().map(|s| s.to_string()).collect(),
@@ -70,7 +75,7 @@ pub fn main(args: Vec<String>) -> i32 {
         },
         _ => {
             eprintln!(
-                "usage: kith shim run <dir> | kith shim exec <dir> [--timeout-ms N] -- <command>... | kith shim delete <dir>"
+                "usage: kith shim run <dir> | kith shim exec <dir> [--timeout-ms N | --tty] -- <command>... | kith shim delete <dir>"
             );
             2
         }
@@ -122,25 +127,76 @@ fn run(dir: &Path) -> i32 {
         Ok(w) => w,
         Err(e) => return fail(format!("cannot open log {}: {e}", meta.log_path.display())),
     };
+    // A container with `tty: true` (process.terminal in its config.json) gets a pty: its
+    // master arrives on the console socket and is its stdin, stdout and stderr at once.
+    let tty = terminal(dir);
     // The container's stdin: a pipe whose write end the attach hub keeps, or /dev/null
     // (the shim's own stdin, from the agent).
-    let (stdin_r, stdin_w) = match meta.stdin {
-        StdinMode::Null => (None, None),
-        StdinMode::Open | StdinMode::Once => match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+    let (stdin_r, stdin_w) = match (tty, meta.stdin) {
+        (true, _) | (false, StdinMode::Null) => (None, None),
+        (false, StdinMode::Open | StdinMode::Once) => match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
             Ok((r, w)) => (Some(r), Some(w)),
             Err(e) => return fail(format!("stdin pipe: {e}")),
         },
     };
+    let once = meta.stdin == StdinMode::Once;
+    let console = if tty {
+        match ConsoleSocket::bind(dir, CONSOLE_SOCKET) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("cannot listen for the container's terminal: {e}")),
+        }
+    } else {
+        None
+    };
     // Bound before the container starts, so attach works as soon as the agent hears
-    // "started".
-    let mut hub = match Hub::bind(dir, stdin_w, meta.stdin == StdinMode::Once) {
-        Ok(h) => Some(h),
-        Err(e) => return fail(format!("cannot listen for attach: {e}")),
+    // "started" (a terminal's hub waits for the terminal, still before "started").
+    let mut hub = if tty {
+        None
+    } else {
+        match Hub::bind(dir, stdin_w, once) {
+            Ok(h) => Some(h),
+            Err(e) => return fail(format!("cannot listen for attach: {e}")),
+        }
     };
-    let (pipes, container) = match create_and_start(dir, stdin_r) {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
+    let (mut pipes, container) =
+        match create_and_start(dir, stdin_r, console.as_ref().map(ConsoleSocket::path)) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+    if let Some(console) = console {
+        let hub_for_terminal = console
+            .receive(CONSOLE_WAIT)
+            .map_err(|e| format!("no terminal from the container: {e}"))
+            .and_then(|master| {
+                let dup = || {
+                    master
+                        .try_clone()
+                        .map_err(|e| format!("duplicate the terminal: {e}"))
+                };
+                let stdin = match meta.stdin {
+                    StdinMode::Null => None,
+                    StdinMode::Open | StdinMode::Once => Some(dup()?),
+                };
+                let h = Hub::bind(dir, stdin, once)
+                    .map_err(|e| format!("cannot listen for attach: {e}"))?
+                    .with_terminal(dup()?);
+                Ok((h, master))
+            });
+        match hub_for_terminal {
+            Ok((h, master)) => {
+                hub = Some(h);
+                pipes.push((master, Stream::Stdout));
+            }
+            Err(e) => {
+                // Nobody could ever reach a container whose terminal is lost.
+                if let Some(pid) = container.pid() {
+                    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                }
+                return fail(e);
+            }
+        }
+    }
     let Some(pid) = container.pid() else {
         return fail("libcontainer reported no pid".into());
     };
@@ -197,13 +253,42 @@ fn run(dir: &Path) -> i32 {
     code
 }
 
-type Pipes = [(OwnedFd, Stream); 2];
+type Pipes = Vec<(OwnedFd, Stream)>;
 
-fn create_and_start(dir: &Path, stdin: Option<OwnedFd>) -> Result<(Pipes, Container), String> {
+/// The console socket's name in the state directory.
+const CONSOLE_SOCKET: &str = "console.sock";
+/// How long the container side may take to send its terminal.
+const CONSOLE_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether the bundle's config.json asks for a terminal (`process.terminal`).
+pub(crate) fn terminal(dir: &Path) -> bool {
+    std::fs::read(dir.join(state::CONFIG))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["process"]["terminal"].as_bool())
+        .unwrap_or(false)
+}
+
+/// Creates and starts the container. With a `console` socket the container gets a
+/// terminal instead of pipes (no pipes are returned: the master comes on the socket).
+fn create_and_start(
+    dir: &Path,
+    stdin: Option<OwnedFd>,
+    console: Option<&Path>,
+) -> Result<(Pipes, Container), String> {
     let id = container_id(dir);
     let lc_root = dir.join(state::LC_ROOT);
     std::fs::create_dir_all(&lc_root)
         .map_err(|e| format!("cannot create {}: {e}", lc_root.display()))?;
+    if let Some(console) = console {
+        let mut container = ContainerBuilder::new(id, SyscallType::Linux)
+            .with_root_path(&lc_root)
+            .and_then(|b| b.with_console_socket(Some(console)).validate_id())
+            .and_then(|b| b.as_init(dir).with_systemd(false).with_detach(true).build())
+            .map_err(|e| describe(&e))?;
+        container.start().map_err(|e| describe(&e))?;
+        return Ok((Vec::new(), container));
+    }
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The builder owns the write ends and closes them when it is done, so the read
@@ -221,7 +306,7 @@ fn create_and_start(dir: &Path, stdin: Option<OwnedFd>) -> Result<(Pipes, Contai
         .map_err(|e| describe(&e))?;
     container.start().map_err(|e| describe(&e))?;
     Ok((
-        [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
         container,
     ))
 }
@@ -325,6 +410,9 @@ fn copy_until_exit(
                 continue;
             }
             match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                // A terminal's master is non-blocking (it is shared with the hub).
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                // A terminal's master reads EIO once no process holds its slave.
                 Ok(0) | Err(_) => {
                     flush_rest(*stream, splitter, log);
                     closed.push(i);
@@ -455,6 +543,191 @@ fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
         Err(e) => {
             eprintln!("kith: waitpid: {e}");
             255
+        }
+    }
+}
+
+/// `kith shim exec <dir> --tty -- <command>`: runs `command` in the running container
+/// on a terminal of its own (`kubectl exec -it`), as `runc exec --tty` does: the process
+/// spec is the container's own with `args` replaced and `terminal` set, and the pty master
+/// comes back on a console socket. This helper's stdin carries input frames
+/// ([`attach::IN_STDIN`], [`attach::IN_RESIZE`], [`attach::IN_CLOSE`]); the terminal's
+/// output goes to its stdout; it exits with the command's code.
+fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
+    let fail = |what: String| -> i32 {
+        eprintln!("kith: cannot exec in container: {what}");
+        EXEC_START_FAILED
+    };
+    let me = std::process::id();
+    let console = match ConsoleSocket::bind(dir, &format!("exec-{me}.sock")) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("console socket: {e}")),
+    };
+    let process_path = dir.join(format!("exec-{me}.json"));
+    if let Err(e) = write_tty_process(dir, &process_path, command) {
+        return fail(e);
+    }
+    let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
+        .with_root_path(dir.join(state::LC_ROOT))
+        .and_then(|b| b.with_console_socket(Some(console.path())).validate_id())
+        .and_then(|b| {
+            b.as_tenant()
+                .with_process(Some(&process_path))
+                .with_detach(true)
+                .build()
+        });
+    let _ = std::fs::remove_file(&process_path);
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => return fail(describe(&e)),
+    };
+    let master = match console.receive(CONSOLE_WAIT) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return fail(format!("no terminal from the container: {e}"));
+        }
+    };
+    drop(console);
+    match relay_terminal(pid, master) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
+        Ok(other) => {
+            eprintln!("kith: unexpected wait status {other:?}");
+            255
+        }
+        Err(e) => {
+            eprintln!("kith: waitpid: {e}");
+            255
+        }
+    }
+}
+
+/// The process spec of a terminal exec: the container's own process (user, env, cwd,
+/// capabilities) running `command` on a terminal.
+fn write_tty_process(dir: &Path, path: &Path, command: Vec<String>) -> Result<(), String> {
+    let spec = oci_spec::runtime::Spec::load(dir.join(state::CONFIG))
+        .map_err(|e| format!("read {}: {e}", state::CONFIG))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| format!("{} has no process", state::CONFIG))?;
+    let env = pty::with_term(process.env().clone().unwrap_or_default());
+    process
+        .set_args(Some(command))
+        .set_terminal(Some(true))
+        .set_env(Some(env));
+    let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
+    std::fs::write(path, json).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Copies between this helper's stdio and the terminal until `pid` exited and the
+/// terminal's output is drained; returns `pid`'s wait status.
+fn relay_terminal(pid: Pid, master: OwnedFd) -> nix::Result<WaitStatus> {
+    let flags = nix::fcntl::fcntl(master.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(master.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut decoder = attach::Decoder::default();
+    let mut reading_stdin = true;
+    let mut master_open = true;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut exited: Option<WaitStatus> = None;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        if exited.is_none() {
+            if let s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(pid, Some(WaitPidFlag::WNOHANG))?
+            {
+                exited = Some(s);
+            }
+        }
+        if !master_open {
+            return match exited {
+                Some(s) => Ok(s),
+                None => waitpid(pid, None),
+            };
+        }
+        // Once the process exited, only drain what the terminal already holds (a child
+        // it left behind may keep the terminal open).
+        let timeout = if exited.is_some() {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::from(200u16)
+        };
+        let mut master_flags = PollFlags::POLLIN;
+        if !pending.is_empty() {
+            master_flags |= PollFlags::POLLOUT;
+        }
+        let stdin_flags = if reading_stdin && pending.len() < 1 << 20 {
+            PollFlags::POLLIN
+        } else {
+            PollFlags::empty()
+        };
+        let (stdin_ev, master_ev) = {
+            let mut fds = [
+                PollFd::new(stdin.as_fd(), stdin_flags),
+                PollFd::new(master.as_fd(), master_flags),
+            ];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => (
+                    fds[0].revents().unwrap_or(PollFlags::empty()),
+                    fds[1].revents().unwrap_or(PollFlags::empty()),
+                ),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(s) = exited {
+            if !master_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP) {
+                return Ok(s);
+            }
+        }
+        if !stdin_ev.is_empty() {
+            match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
+                Ok(0) => reading_stdin = false,
+                Ok(n) => {
+                    for (kind, body) in decoder.push(&buf[..n]) {
+                        match kind {
+                            attach::IN_STDIN => pending.extend_from_slice(&body),
+                            attach::IN_RESIZE => {
+                                if let Some(size) = WinSize::from_bytes(&body) {
+                                    let _ = pty::set_size(master.as_fd(), size);
+                                }
+                            }
+                            // A terminal has no end of input to pass on: the process
+                            // ends when its user says so (exit, ^D).
+                            _ => {}
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(_) => reading_stdin = false,
+            }
+        }
+        if master_ev.contains(PollFlags::POLLOUT) || !pending.is_empty() {
+            match nix::unistd::write(&master, &pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(_) => pending.clear(),
+            }
+        }
+        if master_ev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            match nix::unistd::read(master.as_raw_fd(), &mut buf) {
+                Ok(0) => master_open = false,
+                Ok(n) => {
+                    // The agent going away only loses the output; the process goes on
+                    // until the agent's kill reaches this helper.
+                    let _ = out.write_all(&buf[..n]).and_then(|()| out.flush());
+                }
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                // EIO: no process holds the terminal's slave any more.
+                Err(_) => master_open = false,
+            }
         }
     }
 }

@@ -798,7 +798,7 @@ where
                 profiles: &ProfileDir(self.cfg.root.join("seccomp")),
             },
         };
-        let oci = match spec::build(&input) {
+        let mut oci = match spec::build(&input) {
             Ok(s) => s,
             Err(e) => {
                 // The kubelet leaves seccomp profiles to the runtime, whose failure is a
@@ -813,6 +813,12 @@ where
                 return;
             }
         };
+        // `tty: true`: the runtime gives the process a terminal (process.terminal).
+        if container.tty.unwrap_or(false) {
+            if let Some(p) = oci.process_mut() {
+                p.set_terminal(Some(true));
+            }
+        }
         let key = ContainerKey {
             pod_uid: uid.clone(),
             container: name.to_string(),
