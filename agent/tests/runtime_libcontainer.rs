@@ -878,4 +878,42 @@ async fn exec_with_a_tty() {
     s.stdout.read_to_string(&mut rest).await.unwrap();
     assert!(rest.contains("24 80"), "{rest:?}");
     assert_eq!(s.exit_code.await.unwrap(), 3);
+    // Nothing of the exec is left in the state directory (socket, process spec, the
+    // link libcontainer made to the socket).
+    let dir = env.rt.container_dir(&key);
+    let lc = dir.join("lc").join(key.dir_name());
+    let left: Vec<String> = [dir, lc]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec-") || n.starts_with("tenant-tty-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+
+    // A client that goes away takes its terminal along: the process hangs up.
+    let words = ["sleep", "778"];
+    let s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command: words.iter().map(|w| w.to_string()).collect(),
+                tty: true,
+                stdin: true,
+                timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_running(&words).is_empty() {
+        assert!(Instant::now() < deadline, "the exec never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_running(&words).is_empty() {
+        assert!(Instant::now() < deadline, "the exec outlived its session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

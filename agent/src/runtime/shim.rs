@@ -5,10 +5,14 @@
 //!                     │ libcontainer create+start (init reads config.json in <dir>)
 //!                     │ stdout line "started <pid>" / "failed <why>" → agent, then /dev/null
 //!                     │ copy container stdout/stderr → CRI log (rotating) + attach clients
+//!                     │   (tty: true → one pty master from console.sock instead, logged
+//!                     │    as stdout; attach clients' resizes → TIOCSWINSZ, runtime::pty)
 //!                     │ attach.sock: live output out, stdin in (runtime::attach)
 //!                     │ waitpid(container) → exit.json (code, signal, OOMKilled)
 //!                     ▼ exit
 //!  agent ──spawn──► kith shim delete <dir>   (libcontainer delete --force)
+//!  agent ──spawn──► kith shim exec <dir> [--tty] -- cmd   (one exec; --tty: a pty of
+//!                     its own, stdin carries input frames with resizes)
 //! ```
 //! libcontainer clones and runs Rust code in the child and changes the working directory
 //! of the whole process, so it only ever runs here, never inside the agent's tokio
@@ -577,6 +581,10 @@ fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
                 .build()
         });
     let _ = std::fs::remove_file(&process_path);
+    remove_links_to(
+        &dir.join(state::LC_ROOT).join(container_id(dir)),
+        console.path(),
+    );
     let pid = match pid {
         Ok(pid) => pid,
         Err(e) => return fail(describe(&e)),
@@ -600,6 +608,16 @@ fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
         Err(e) => {
             eprintln!("kith: waitpid: {e}");
             255
+        }
+    }
+}
+
+/// libcontainer reaches a console socket through a symlink it leaves in the container's
+/// directory; one per terminal exec would pile up for the container's lifetime.
+fn remove_links_to(dir: &Path, target: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if std::fs::read_link(entry.path()).is_ok_and(|t| t == target) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
