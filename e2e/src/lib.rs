@@ -38,6 +38,7 @@ pub mod etcd;
 pub mod netlab;
 pub mod prometheus;
 pub mod region;
+pub mod tty;
 
 /// How long `kith up` may take to write its kubeconfig and answer `/readyz`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

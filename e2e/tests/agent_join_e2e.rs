@@ -192,6 +192,27 @@ spec:
         )
         .await?;
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // A terminal across both hops: the size kubectl starts with and a resize reach it.
+    let mut k = kith_e2e::tty::TtyKubectl::spawn(
+        &cluster,
+        K,
+        &["exec", "-it", "on-remote", "-n", &ns, "--", "sh"],
+        kith_agent::runtime::pty::WinSize {
+            cols: 101,
+            rows: 31,
+        },
+    )?;
+    let out = k
+        .type_until("tty; stty size; echo ma''rk\r", "mark")
+        .await?;
+    assert!(
+        out.contains("/dev/pts/") && out.contains("31 101"),
+        "exec -it output: {out:?}"
+    );
+    k.resize(kith_agent::runtime::pty::WinSize { cols: 60, rows: 15 })?;
+    k.type_until("stty size\r", "15 60").await?;
+    k.type_("exit 4\r")?;
+    assert_eq!(k.exit_code().await?, 4, "{:?}", k.text());
     let err = cluster
         .kubectl_err(
             K,

@@ -7,138 +7,15 @@
 //! code · `kubectl attach -it` to a `tty: true` container · `kubectl run -it --rm
 //! --restart=Never` round trip, then the pod is gone.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use kith_agent::runtime::pty::{set_size, WinSize};
+use anyhow::{bail, Result};
+use kith_agent::runtime::pty::WinSize;
+use kith_e2e::tty::TtyKubectl;
 use kith_e2e::{busybox_cluster, AgentOptions, Cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
 const PHASE: &str = "{.status.phase}";
-
-/// One kubectl on a terminal of the test's: what it printed so far, a way to type.
-struct TtyKubectl {
-    child: tokio::process::Child,
-    master: std::fs::File,
-    output: Arc<Mutex<Vec<u8>>>,
-    what: String,
-    _cache: tempfile::TempDir,
-}
-
-impl TtyKubectl {
-    fn spawn(cluster: &Cluster, args: &[&str], size: WinSize) -> Result<TtyKubectl> {
-        let ws = nix::pty::Winsize {
-            ws_row: size.rows,
-            ws_col: size.cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&ws), None).context("openpty")?;
-        let cache = tempfile::tempdir()?;
-        let slave: OwnedFd = pty.slave;
-        let mut cmd = tokio::process::Command::new(K.path());
-        cmd.args(args)
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("KUBECACHEDIR", cache.path())
-            .stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave))
-            .kill_on_drop(true);
-        let child = cmd.spawn().context("spawn kubectl")?;
-        // Only kubectl holds the slave now: the master reads EIO once kubectl is gone.
-        drop(cmd);
-        let master = std::fs::File::from(pty.master);
-        let output = Arc::new(Mutex::new(Vec::new()));
-        {
-            let mut reader = master.try_clone()?;
-            let output = output.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = reader.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    output.lock().unwrap().extend_from_slice(&buf[..n]);
-                }
-            });
-        }
-        Ok(TtyKubectl {
-            child,
-            master,
-            output,
-            what: format!("kubectl {}", args.join(" ")),
-            _cache: cache,
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    fn type_(&mut self, keys: &str) -> Result<()> {
-        self.master.write_all(keys.as_bytes())?;
-        Ok(())
-    }
-
-    /// Waits (30 s at most) until the output holds `want`; returns the output.
-    async fn wait_for(&self, want: &str) -> Result<String> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = self.text();
-            if text.contains(want) {
-                return Ok(text);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{}: no {want:?} in its output: {text:?}", self.what);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Types `command` until its output shows `marker` (kubectl may still be attaching
-    /// when the first keys arrive, as a user who presses enter again knows).
-    async fn type_until(&mut self, command: &str, marker: &str) -> Result<String> {
-        for _ in 0..20 {
-            self.type_(command)?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while tokio::time::Instant::now() < deadline {
-                let text = self.text();
-                if text.contains(marker) {
-                    return Ok(text);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        bail!(
-            "{}: no {marker:?} in its output: {:?}",
-            self.what,
-            self.text()
-        )
-    }
-
-    /// A new terminal size, told to kubectl as a terminal would (SIGWINCH).
-    fn resize(&self, size: WinSize) -> Result<()> {
-        set_size(self.master.as_fd(), size)?;
-        let pid = self.child.id().context("kubectl already reaped")?;
-        let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::WINCH)?;
-        Ok(())
-    }
-
-    /// kubectl's exit code (60 s at most).
-    async fn exit_code(&mut self) -> Result<i32> {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .with_context(|| format!("{} did not exit: {:?}", self.what, self.text()))??;
-        status
-            .code()
-            .with_context(|| format!("{} ended by {status}", self.what))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_attach_and_run_on_a_terminal() {
@@ -187,6 +64,7 @@ spec:
     // the shell's exit code as kubectl's.
     let mut k = TtyKubectl::spawn(
         cluster,
+        K,
         &["exec", "-it", "sleeper", "-n", &ns, "--", "sh"],
         WinSize {
             cols: 111,
@@ -206,6 +84,7 @@ spec:
     // kubectl attach -it to a container with `tty: true`: its shell on its terminal.
     let mut k = TtyKubectl::spawn(
         cluster,
+        K,
         &["attach", "-it", "console", "-n", &ns],
         WinSize { cols: 90, rows: 25 },
     )?;
@@ -228,6 +107,7 @@ spec:
     // kubectl run -it --rm: create with a terminal, attach, exit, delete.
     let mut k = TtyKubectl::spawn(
         cluster,
+        K,
         &[
             "run",
             "runner",
