@@ -890,6 +890,28 @@ async fn exec_with_a_tty() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 
+    // A command that does not exist: the reason on the terminal, the exec's start code.
+    let mut s = env
+        .rt
+        .exec(
+            &key,
+            ExecRequest {
+                command: vec!["/bin/no-such-command".into()],
+                tty: true,
+                stdin: true,
+                timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.stdout.read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("no-such-command"), "{out:?}");
+    assert_eq!(
+        s.exit_code.await.unwrap(),
+        kith_agent::runtime::shim::EXEC_START_FAILED
+    );
+
     // A client that goes away takes its terminal along: the process hangs up.
     let words = ["sleep", "778"];
     let s = env

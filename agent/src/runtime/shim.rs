@@ -558,8 +558,11 @@ fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
 /// ([`attach::IN_STDIN`], [`attach::IN_RESIZE`], [`attach::IN_CLOSE`]); the terminal's
 /// output goes to its stdout; it exits with the command's code.
 fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
+    // On a terminal, stdout is all the user sees (kubectl opens no stderr with a tty).
     let fail = |what: String| -> i32 {
-        eprintln!("kith: cannot exec in container: {what}");
+        let mut out = std::io::stdout();
+        let _ = write!(out, "kith: cannot exec in container: {what}\r\n");
+        let _ = out.flush();
         EXEC_START_FAILED
     };
     let me = std::process::id();
