@@ -2,10 +2,10 @@
 //! kubectl here runs on a pseudo-terminal the test opens (the slave as its stdin, stdout
 //! and stderr), and the test types on the master as a user would.
 //!
-//! `kubectl exec -it POD -- sh` → `tty` names a /dev/pts path, `stty size` the test's
-//! terminal size, a resize (SIGWINCH) reaches the container, `exit 3` is kubectl's exit
-//! code · `kubectl attach -it` to a `tty: true` container · `kubectl run -it --rm
-//! --restart=Never` round trip, then the pod is gone.
+//! `kubectl exec -it POD -- sh` (kubectl 1.30 and 1.33) → `tty` names a /dev/pts path,
+//! `stty size` the test's terminal size, a resize (SIGWINCH) reaches the container,
+//! `exit 3` is kubectl's exit code · `kubectl attach -it` to a `tty: true` container ·
+//! `kubectl run -it --rm --restart=Never` round trip, then the pod is gone.
 
 use std::time::Duration;
 
@@ -60,26 +60,29 @@ spec:
             .await?;
     }
 
-    // kubectl exec -it: a terminal of the process's own, the user's size, resizes, and
-    // the shell's exit code as kubectl's.
-    let mut k = TtyKubectl::spawn(
-        cluster,
-        K,
-        &["exec", "-it", "sleeper", "-n", &ns, "--", "sh"],
-        WinSize {
-            cols: 111,
-            rows: 33,
-        },
-    )?;
-    // kubectl sends its terminal's size beside the first keys, not before them: asked
-    // again until it shows.
-    k.type_until("stty size\r", "33 111").await?;
-    let out = k.type_until("tty; echo ma''rk1\r", "mark1").await?;
-    assert!(out.contains("/dev/pts/"), "exec -it output: {out:?}");
-    k.resize(WinSize { cols: 70, rows: 20 })?;
-    k.type_until("stty size; echo ma''rk2\r", "20 70").await?;
-    k.type_("exit 3\r")?;
-    assert_eq!(k.exit_code().await?, 3, "{:?}", k.text());
+    // kubectl exec -it (both pinned versions): a terminal of the process's own, the
+    // user's size, resizes, and the shell's exit code as kubectl's.
+    for version in [Kubectl::V1_30, Kubectl::V1_33] {
+        let v = version.minor();
+        let mut k = TtyKubectl::spawn(
+            cluster,
+            version,
+            &["exec", "-it", "sleeper", "-n", &ns, "--", "sh"],
+            WinSize {
+                cols: 111,
+                rows: 33,
+            },
+        )?;
+        // kubectl sends its terminal's size beside the first keys, not before them:
+        // asked again until it shows.
+        k.type_until("stty size\r", "33 111").await?;
+        let out = k.type_until("tty; echo ma''rk1\r", "mark1").await?;
+        assert!(out.contains("/dev/pts/"), "{v}: exec -it output: {out:?}");
+        k.resize(WinSize { cols: 70, rows: 20 })?;
+        k.type_until("stty size; echo ma''rk2\r", "20 70").await?;
+        k.type_("exit 3\r")?;
+        assert_eq!(k.exit_code().await?, 3, "{v}: {:?}", k.text());
+    }
 
     // kubectl attach -it to a container with `tty: true`: its shell on its terminal.
     let mut k = TtyKubectl::spawn(
