@@ -461,7 +461,13 @@ impl LinkEmulator {
                         return Ok(());
                     }
                 };
-                serve(&sock, &thread_shared, seed)
+                let result = serve(&sock, &thread_shared, seed);
+                if let Err(e) = &result {
+                    // Said at once: from here on the host's egress is cut (nobody gives the
+                    // queued packets a verdict), which a test would otherwise see as a hang.
+                    eprintln!("link emulator thread: {e:#}");
+                }
+                result
             })
             .context("spawn the link emulator thread")?;
         let mut em = LinkEmulator {

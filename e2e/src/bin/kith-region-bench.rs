@@ -355,6 +355,7 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
     let links_before = link_totals(region);
     let mut failover_ms = Vec::new();
     let mut rejoin_ms = Vec::new();
+    let mut timeouts = 0;
     for kill in 0..args.kills {
         let leader = region.leader(&[]).await?;
         let mut apis = Vec::new();
@@ -363,7 +364,17 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
             apis.push((host.to_string(), api));
         }
         region.kill9(&leader)?;
-        let took = first_write(&apis, kill).await?;
+        // A kill after which no write is accepted within the limit counts as the limit (a
+        // lower bound) and is counted in `timeouts`; the bench goes on with the next kill.
+        let took = match first_write(&apis, kill).await {
+            Ok(took) => took,
+            Err(e) => {
+                eprintln!("kith-region-bench: kill {}: {e:#}", kill + 1);
+                explain(region);
+                timeouts += 1;
+                FAILOVER_LIMIT
+            }
+        };
         let restarted = Instant::now();
         region.restart(&leader).await?;
         caught_up(region, &leader).await?;
@@ -391,6 +402,9 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
         f.better = Better::Lower;
         f.extra.insert("kills".into(), json!(args.kills));
         f.extra.insert("samples_ms".into(), json!(failover_ms));
+        f.extra.insert("timeouts".into(), json!(timeouts));
+        f.extra
+            .insert("timeout_ms".into(), json!(as_ms(FAILOVER_LIMIT)));
         f.extra.insert(
             "rejoin_median_ms".into(),
             json!(round(percentile(&rejoin_sorted, 0.5))),
@@ -402,6 +416,22 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
         f.print();
     }
     Ok(())
+}
+
+/// Prints what the boxes and the link emulators said, for a phase that failed.
+fn explain(region: &Region) {
+    for host in HOSTS {
+        eprintln!(
+            "kith-region-bench: {host}: link emulator {:?}",
+            region.lab.link_stats(host)
+        );
+        let log = region.lab.log(&format!("kith-{host}"));
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("===== kith-{host}, last {} lines =====", tail.len());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 fn as_ms(d: Duration) -> f64 {
