@@ -46,7 +46,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::netlink::{self, SocketAddrNetlink};
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
 /// The queue number in each host's namespace (queues are per namespace, so every host can
 /// use the same one).
@@ -579,9 +579,12 @@ fn open_queue(ns: &File) -> Result<OwnedFd> {
         Some(rustix::thread::LinkNameSpaceType::Network),
     )
     .context("enter the network namespace")?;
-    let sock = rustix::net::socket(
+    // Close-on-exec: a program another thread starts (a kith box, `ip`) must not inherit the
+    // socket, or the queue would stay bound after the emulator closes it.
+    let sock = rustix::net::socket_with(
         AddressFamily::NETLINK,
         SocketType::RAW,
+        SocketFlags::CLOEXEC,
         Some(netlink::NETFILTER),
     )
     .context("open a netfilter netlink socket")?;
