@@ -3,7 +3,8 @@
 #
 #   bash scripts/bench.sh [--quick] [kith-bench arguments, e.g. --secs 10 --no-etcd]
 #
-# 1. installs etcd 3.4 (Debian's etcd-server) for the baseline if /usr/bin/etcd is missing;
+# 1. installs etcd 3.4 (Debian's etcd-server) for the baseline if /usr/bin/etcd is missing,
+#    and iptables (the region bench's link emulator) if missing;
 # 2. builds the release `kith` and `kith-bench` binaries (same package selection as
 #    scripts/test.sh, so the two share one build);
 # 3. runs kith-bench, which starts kith (and etcd) on 127.0.0.1 with temporary data
@@ -31,6 +32,13 @@ if [[ ! -x $etcd ]]; then
     set -- "$@" --no-etcd
 fi
 export KITH_ETCD=$etcd
+# The region bench's slow links: netem, or where the kernel has none, the NFQUEUE link
+# emulator, which adds its rule with iptables.
+if ! command -v iptables >/dev/null; then
+    echo "bench.sh: installing iptables (link emulator)" >&2
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; } ||
+        echo "bench.sh: no iptables; the region bench's links stay at veth speed" >&2
+fi
 
 cargo build --release --bin kith --bin kith-bench
 target=${CARGO_TARGET_DIR:-$root/target}

@@ -106,9 +106,11 @@ EOF
 # Debian packages the real-runtime tests start or read: an OCI registry server, a static
 # busybox to build test images from, runc (the container-start baseline), Prometheus and
 # promtool, nftables and iproute2 for pod networks and namespace hosts, curl for the README
-# walk-through (e2e/tests/walkthrough_e2e.rs), and libseccomp-dev, which the build links
-# (libcontainer's seccomp filters; scripts/up.sh installs it too).
-DEB_PACKAGES=(docker-registry busybox-static runc prometheus nftables iproute2 curl libseccomp-dev)
+# walk-through (e2e/tests/walkthrough_e2e.rs), libseccomp-dev, which the build links
+# (libcontainer's seccomp filters; scripts/up.sh installs it too), and iptables for the lab's
+# NFQUEUE link emulator (e2e/src/linkem.rs: slow and lossy links where the kernel has no
+# sch_netem).
+DEB_PACKAGES=(docker-registry busybox-static runc prometheus nftables iproute2 curl libseccomp-dev iptables)
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -35,6 +35,7 @@ use tokio::process::{Child, Command};
 pub mod agent;
 pub mod bench;
 pub mod etcd;
+pub mod linkem;
 pub mod netlab;
 pub mod prometheus;
 pub mod region;

@@ -19,7 +19,9 @@
 //! the program's), stdout and stderr appended to `<lab dir>/logs/<proc>.log`. Faults:
 //! [`Lab::cut`] (the host's link down), [`Lab::partition`] (nftables drops to and from
 //! chosen peers while the test process still reaches the host), [`Lab::netem`] (delay,
-//! jitter, loss on the host's outgoing packets).
+//! jitter, loss on the host's outgoing packets: the `netem` qdisc, or where the kernel has
+//! none, the NFQUEUE emulator of [`crate::linkem`]). [`Lab::run_in`] runs a closure on a
+//! thread inside a host's namespace (sockets it makes are the host's).
 //!
 //! Dropping the lab kills every process in its namespaces, deletes its namespaces (and with
 //! them their veths, nftables tables and qdiscs) and the root-side veth, and releases the
@@ -63,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 
+use crate::linkem::{self, LinkEmulator, LinkModel, LinkStats};
 use crate::{claim_octet, dead_claims, try_claim, Claim};
 
 /// The first two octets of every lab's /24.
@@ -205,15 +208,16 @@ pub fn partition_ruleset(peers: &[Ipv4Addr]) -> String {
     s
 }
 
-/// `tc` could not create a netem qdisc because the kernel has no `sch_netem`
-/// (e.g. a minimal VM kernel). Tests can skip on it with
+/// Neither `tc` could create a netem qdisc (the kernel has no `sch_netem`, e.g. a minimal
+/// VM kernel) nor could the NFQUEUE emulator start (no `iptables`, or no
+/// `CONFIG_NETFILTER_NETLINK_QUEUE`). Tests can skip on it with
 /// `err.downcast_ref::<NetemUnsupported>()`.
 #[derive(Debug)]
 pub struct NetemUnsupported(pub String);
 
 impl fmt::Display for NetemUnsupported {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the kernel has no netem qdisc (sch_netem): {}", self.0)
+        write!(f, "no way to emulate a slow link: {}", self.0)
     }
 }
 
@@ -224,7 +228,16 @@ struct Host {
     netns: String,
     addr: Ipv4Addr,
     partitioned: bool,
-    netem: bool,
+    link: Link,
+}
+
+/// How a host's egress is slowed, if it is.
+enum Link {
+    Plain,
+    /// A netem qdisc on the host's interface.
+    Qdisc,
+    /// The kernel has no netem: the NFQUEUE emulator.
+    Emulated(LinkEmulator),
 }
 
 /// A process run in a host, with what it takes to start it again.
@@ -357,7 +370,7 @@ impl Lab {
             netns: netns.clone(),
             addr,
             partitioned: false,
-            netem: false,
+            link: Link::Plain,
         });
         let br = bridge_netns(&self.name);
         let port = bridge_port(index);
@@ -410,6 +423,14 @@ impl Lab {
     pub fn host_dir(&self, host: &str) -> Result<PathBuf> {
         self.host(host)?;
         Ok(self.dir.path().join("hosts").join(host))
+    }
+
+    /// Runs `f` to completion on a thread inside the host's network namespace: sockets it
+    /// makes are the host's (bound to its address, routed by its eth0), while the test
+    /// process's other threads stay where they are. For measuring the lab's links from the
+    /// test without the start-up time of a program.
+    pub fn run_in<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+        linkem::in_netns(self.netns(host)?, f)
     }
 
     /// Runs a command to completion inside a host and returns its output; the command
@@ -658,14 +679,21 @@ impl Lab {
     }
 
     /// Delays the host's outgoing packets by `delay_ms` ± `jitter_ms` and drops `loss_pct`
-    /// percent of them (`tc qdisc replace dev eth0 root netem ...`).
+    /// percent of them (`tc qdisc replace dev eth0 root netem ...`). A later call replaces
+    /// the setting; all zeros (or [`Lab::clear_netem`]) removes it.
     ///
     /// netem acts on one direction: the host's egress. So the round trip between this host
     /// and another host without netem, or the test process, grows by `delay_ms`; between two
     /// hosts that both have `delay_ms`, by `2 × delay_ms`. For links of RTT R between every
     /// pair of hosts, give every host `R / 2`. Loss likewise applies once per direction set.
     /// With jitter, netem may reorder packets (each is sent at its own drawn time).
-    /// Fails with [`NetemUnsupported`] when the kernel has no netem.
+    ///
+    /// When the kernel has no netem qdisc, the same is done by a [`LinkEmulator`]: an
+    /// iptables rule in the host's namespace queues every packet leaving by eth0 (loopback is
+    /// untouched) to a thread of this process, which gives each its verdict at its time
+    /// (uniform jitter, as netem without a `distribution`). Its counts, overflows included,
+    /// are [`Lab::link_stats`].
+    /// Fails with [`NetemUnsupported`] when neither works.
     pub fn netem(
         &mut self,
         host: &str,
@@ -674,37 +702,71 @@ impl Lab {
         loss_pct: f64,
     ) -> Result<()> {
         let args = netem_args(delay_ms, jitter_ms, loss_pct)?;
+        let model = LinkModel::new(delay_ms, jitter_ms, loss_pct)?;
+        if let Link::Emulated(em) = &self.host(host)?.link {
+            if model.is_noop() {
+                return self.clear_netem(host);
+            }
+            em.set_model(model);
+            return Ok(());
+        }
         let netns = self.netns(host)?.to_string();
         let out = Command::new("tc")
             .args(["-n", &netns, "qdisc", "replace", "dev", HOST_IF, "root"])
             .args(&args)
             .output()
             .context("run tc")?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if stderr.contains("Specified qdisc kind is unknown") {
-                return Err(NetemUnsupported(stderr).into());
-            }
+        if out.status.success() {
+            self.host_mut(host)?.link = Link::Qdisc;
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if !stderr.contains("Specified qdisc kind is unknown") {
             bail!("tc qdisc replace ... {}: {stderr}", args.join(" "));
         }
-        self.host_mut(host)?.netem = true;
+        if model.is_noop() {
+            return Ok(());
+        }
+        // The host's position seeds its draws: the same lab draws the same way each run.
+        let seed = self.hosts.iter().position(|h| h.name == host).unwrap_or(0) as u64;
+        let em = LinkEmulator::start(&netns, HOST_IF, model, seed).map_err(|e| {
+            NetemUnsupported(format!(
+                "tc: {stderr}; the NFQUEUE emulator did not start either: {e:#}"
+            ))
+        })?;
+        self.host_mut(host)?.link = Link::Emulated(em);
         Ok(())
     }
 
-    /// Removes the host's netem setting (nothing to do if there is none).
+    /// Removes the host's netem setting (nothing to do if there is none): deletes the qdisc,
+    /// or removes the emulator's rule and stops it (what it still holds leaves at once).
     pub fn clear_netem(&mut self, host: &str) -> Result<()> {
-        if !self.host(host)?.netem {
-            return Ok(());
-        }
         let netns = self.netns(host)?.to_string();
-        run(Command::new("tc").args(["-n", &netns, "qdisc", "del", "dev", HOST_IF, "root"]))?;
-        self.host_mut(host)?.netem = false;
-        Ok(())
+        match std::mem::replace(&mut self.host_mut(host)?.link, Link::Plain) {
+            Link::Plain => Ok(()),
+            Link::Qdisc => {
+                run(Command::new("tc").args(["-n", &netns, "qdisc", "del", "dev", HOST_IF, "root"]))
+            }
+            Link::Emulated(em) => em.stop().map(|_| ()),
+        }
+    }
+
+    /// What the host's link emulator has done so far; `None` when the host's link is not
+    /// emulated (no setting, or a netem qdisc).
+    pub fn link_stats(&self, host: &str) -> Result<Option<LinkStats>> {
+        Ok(match &self.host(host)?.link {
+            Link::Emulated(em) => Some(em.stats()),
+            Link::Plain | Link::Qdisc => None,
+        })
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // Emulator threads first: each holds its namespace open through its socket.
+        for h in &mut self.hosts {
+            drop(std::mem::replace(&mut h.link, Link::Plain));
+        }
         for p in self.procs.values_mut() {
             if let Some(mut child) = p.child.take() {
                 let _ = child.kill();

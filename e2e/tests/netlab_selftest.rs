@@ -1,17 +1,19 @@
 //! The namespace lab (`kith_e2e::netlab`) does what region tests rely on: hosts reach each
 //! other and the test process, faults (partition, cut, netem) take effect and undo, processes
-//! can be killed and restarted, and nothing is left behind — also after a panic. With etcd
+//! can be killed and restarted, and nothing is left behind — also after a panic. Slow and
+//! lossy links work on a kernel without `sch_netem` (the NFQUEUE emulator). With etcd
 //! installed, a 3-member etcd cluster (the region benchmark's baseline) forms in a lab.
 //!
-//! Runs as root (namespaces, veths, nftables).
+//! Runs as root (namespaces, veths, nftables, iptables).
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use kith_e2e::etcd::{etcd_bin, start_etcd_cluster, EtcdConn};
+use kith_e2e::linkem::QUEUE_NUM;
 use kith_e2e::netlab::{Lab, NetemUnsupported};
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -333,4 +335,207 @@ fn a_killed_test_process_is_cleaned_up_after() {
         "the dead lab's lock file {} remains",
         lock.display()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Slow and lossy links
+
+const ECHO_PORT: u16 = 7007;
+const UDP_PORT: u16 = 7008;
+/// What a TCP round trip may take beyond the link's delay on a busy 2-core machine.
+const SLACK: Duration = Duration::from_millis(30);
+
+/// Serves TCP echo on `host` (the listener is made in its namespace; the serving thread need
+/// not be) until the client closes its one connection.
+fn echo_server(lab: &Lab, host: &str) -> Result<std::thread::JoinHandle<()>> {
+    let addr = lab.addr(host)?;
+    let listener = lab.run_in(host, || TcpListener::bind((addr, ECHO_PORT)))??;
+    Ok(std::thread::spawn(move || {
+        while let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            if buf.starts_with(b"bye") {
+                return;
+            }
+        }
+    }))
+}
+
+/// From `client`: the time to connect to `server`'s echo port, and the median of 5 echo
+/// round trips on that connection.
+fn tcp_round_trips(
+    lab: &Lab,
+    client: &str,
+    server: Ipv4Addr,
+    last: bool,
+) -> Result<(Duration, Duration)> {
+    lab.run_in(client, || -> Result<(Duration, Duration)> {
+        let began = Instant::now();
+        let mut s =
+            TcpStream::connect_timeout(&(server, ECHO_PORT).into(), Duration::from_secs(5))?;
+        let connect = began.elapsed();
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut echoes = Vec::new();
+        for i in 0..5 {
+            let msg: &[u8] = if last && i == 4 { b"bye" } else { b"ping" };
+            let began = Instant::now();
+            s.write_all(msg)?;
+            let mut buf = vec![0u8; msg.len()];
+            s.read_exact(&mut buf)?;
+            echoes.push(began.elapsed());
+            ensure!(buf == msg, "echo {buf:?}");
+        }
+        echoes.sort();
+        Ok((connect, echoes[2]))
+    })?
+}
+
+/// Sends `n` UDP datagrams from `from` to `to`; returns how many arrived.
+fn udp_delivered(lab: &Lab, from: &str, to: &str, n: usize) -> Result<usize> {
+    let to_addr = lab.addr(to)?;
+    let rx = lab.run_in(to, || UdpSocket::bind((to_addr, UDP_PORT)))??;
+    let tx = lab.run_in(from, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))??;
+    for i in 0..n {
+        tx.send_to(&(i as u32).to_be_bytes(), (to_addr, UDP_PORT))?;
+        // Paced, so no socket buffer on the way overflows.
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    rx.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut got = 0;
+    let mut buf = [0u8; 16];
+    while rx.recv(&mut buf).is_ok() {
+        got += 1;
+    }
+    Ok(got)
+}
+
+/// The NFQUEUE rules and bound queues left in a host's namespace.
+fn emulator_traces(lab: &Lab, host: &str) -> Result<Vec<String>> {
+    let out = lab.exec(
+        host,
+        "iptables",
+        ["-w", "-t", "mangle", "-S", "POSTROUTING"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "iptables -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("NFQUEUE"))
+        .map(String::from)
+        .collect();
+    let queues = lab.run_in(host, || {
+        std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue")
+    })??;
+    found.extend(
+        queues
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(&QUEUE_NUM.to_string()))
+            .map(|l| format!("bound queue: {l}")),
+    );
+    Ok(found)
+}
+
+/// Threads of this process whose name says they are link emulators.
+fn emulator_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .filter(|c| c.starts_with("linkem-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn slow_and_lossy(lab: &mut Lab) -> Result<()> {
+    lab.add_host("a")?;
+    let b = lab.add_host("b")?;
+    let server = echo_server(lab, "b")?;
+    let delay = Duration::from_millis(50);
+
+    let (connect, echo) = tcp_round_trips(lab, "a", b, false)?;
+    eprintln!("plain link: connect {connect:?}, echo {echo:?}");
+    ensure!(
+        echo < Duration::from_millis(20),
+        "echo over a plain veth took {echo:?}"
+    );
+
+    // Only b's egress is slowed: each of a's round trips to b crosses it once.
+    lab.netem("b", 50, 0, 0.0)?;
+    let (connect, echo) = tcp_round_trips(lab, "a", b, false)?;
+    eprintln!(
+        "50 ms on b: connect {connect:?}, echo {echo:?}, {:?}",
+        lab.link_stats("b")?
+    );
+    for (what, took) in [("connect", connect), ("echo", echo)] {
+        ensure!(
+            took >= delay && took < delay + SLACK,
+            "{what} with 50 ms on b took {took:?}"
+        );
+    }
+
+    lab.netem("b", 0, 0, 50.0)?;
+    let got = udp_delivered(lab, "b", "a", 200)?;
+    let stats = lab.link_stats("b")?;
+    eprintln!("50 % loss on b: {got} of 200 datagrams arrived, {stats:?}");
+    // Binomial(200, 0.5): 100 ± 7.
+    ensure!(
+        (40..=160).contains(&got),
+        "{got} of 200 arrived with 50 % loss"
+    );
+    lab.netem("b", 5, 0, 0.0)?;
+    let got = udp_delivered(lab, "b", "a", 200)?;
+    ensure!(got == 200, "{got} of 200 arrived with no loss");
+    // Loss in the other direction only (a → b has no setting).
+    lab.netem("b", 0, 0, 50.0)?;
+    let got = udp_delivered(lab, "a", "b", 200)?;
+    ensure!(
+        got == 200,
+        "{got} of 200 arrived from a, whose egress has no setting"
+    );
+    if let Some(stats) = lab.link_stats("b")? {
+        ensure!(stats.overflows == 0, "the queue overflowed: {stats:?}");
+        ensure!(stats.lost >= 40, "the emulator counted {} lost", stats.lost);
+    }
+
+    lab.clear_netem("b")?;
+    let (connect, echo) = tcp_round_trips(lab, "a", b, true)?;
+    eprintln!("after clear_netem: connect {connect:?}, echo {echo:?}");
+    ensure!(
+        echo < Duration::from_millis(20),
+        "echo after clear_netem took {echo:?}"
+    );
+    ensure!(lab.link_stats("b")?.is_none(), "stats after clear_netem");
+    let traces = emulator_traces(lab, "b")?;
+    ensure!(traces.is_empty(), "left after clear_netem: {traces:?}");
+    ensure!(
+        emulator_threads().is_empty(),
+        "threads: {:?}",
+        emulator_threads()
+    );
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo server panicked"))?;
+
+    // Dropping the lab stops an emulator still running.
+    lab.netem("a", 100, 20, 1.0)?;
+    Ok(())
+}
+
+#[test]
+fn slow_and_lossy_links_and_their_undo() {
+    let mut lab = Lab::new("slow").expect("create lab");
+    let name = lab.name().to_string();
+    ensure_ok(slow_and_lossy(&mut lab));
+    drop(lab);
+    assert_eq!(emulator_threads(), Vec::<String>::new());
+    assert_eq!(leftovers(&name).unwrap(), Vec::<String>::new());
 }

@@ -7,21 +7,29 @@
 //!                     (boxes stopped)
 //!                  ── etcd 3.4 ×3     ◄── 64 clients, 1 KiB puts (JSON gateway), member i % 3
 //!         → region_create_throughput, region_create_p99_ms (etcd the baseline)
-//!  lab 2  c1 c2 c3 ── kith control ×3, netem 25 ms per host (when the kernel has it)
+//!  lab 2  c1 c2 c3 ── kith control ×3, 25 ms on each host's egress (netem, or the NFQUEUE
+//!                     emulator where the kernel has no netem)
 //!         ×N: kill -9 the leader → first accepted create through a survivor → restart it,
 //!             wait until it serves and has applied what the leader had committed
 //!         → region_failover_median_ms, region_failover_max_ms
-//!         netem 50 ± 10 ms, 0.5 % loss per host; 16 paced clients for --steady-secs
+//!  lab 3  c1 c2 c3 ── a new region: 50 ± 10 ms, 0.5 % loss per host's egress (box to box:
+//!         100 ± 20 ms round trip, ≈ 1 % loss per round trip); 16 paced clients for
+//!         --steady-secs
 //!         → region_leader_changes
 //! ```
 //!
 //! Each lab (its namespaces, processes, data) is removed when it drops, also on error.
 //! Latencies and throughput count successful requests only; failures are counted by kind in
-//! the `errors` keys. Every host's netem applies to its egress, so a 25 ms setting on each
-//! host makes a 50 ms round trip between boxes.
+//! the `errors` keys. Every host's setting applies to its egress, so a 25 ms setting on each
+//! host makes a 50 ms round trip between boxes (the issue's "50 ms links"), and 50 ± 10 ms
+//! with 0.5 % loss on each makes its "100 ms ± 20 ms links with 1 % loss" per round trip.
+//! The test process's own requests to the boxes cross one delayed direction. On a kernel
+//! without `sch_netem`, [`kith_e2e::linkem`] emulates the links; its counts (packets,
+//! lost, kernel queue overflows) are in the lines' `link_emulator` key.
 //!
-//! Usage: `kith-region-bench [--quick] [--secs N] [--kills N] [--steady-secs N]
-//! [--no-etcd]`. Environment: `KITH_BIN` (the kith binary), `KITH_ETCD` (default
+//! Usage: `kith-region-bench [--quick] [--secs N] [--kills N] [--failover-delay-ms N]
+//! [--steady-secs N] [--no-etcd]` (`--failover-delay-ms`: each host's egress delay in the
+//! failover phase, default 25). Environment: `KITH_BIN` (the kith binary), `KITH_ETCD` (default
 //! `/usr/bin/etcd`).
 
 use std::sync::Arc;
@@ -34,6 +42,7 @@ use kith_e2e::bench::{
     run_paced_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
 };
 use kith_e2e::etcd::{self, etcd_bin, start_etcd_cluster};
+use kith_e2e::linkem::LinkStats;
 use kith_e2e::netlab::NetemUnsupported;
 use kith_e2e::region::Region;
 use kube::api::{Api, PostParams};
@@ -45,7 +54,8 @@ const HOSTS: [&str; 3] = ["c1", "c2", "c3"];
 /// Where the bench's ConfigMaps go.
 const NAMESPACE: &str = "default";
 /// The `links` note when the kernel cannot delay packets.
-const NO_NETEM: &str = "loopback-speed veth, no netem on this kernel";
+const NO_NETEM: &str =
+    "veth speed: no netem on this kernel and no NFQUEUE link emulator (iptables missing?)";
 /// How long after a kill -9 the region may take to accept a write before the bench gives up.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 /// A failover client starts a new create this often while none has succeeded, so one
@@ -65,6 +75,8 @@ struct Args {
     secs: u64,
     clients: usize,
     kills: usize,
+    /// Delay on each host's egress in the failover phase (the issue's 50 ms links: 25).
+    failover_delay_ms: u32,
     steady_secs: u64,
     steady_clients: usize,
     etcd: bool,
@@ -74,6 +86,7 @@ impl Args {
     fn parse() -> Result<Args> {
         let mut quick = false;
         let (mut secs, mut kills, mut steady_secs) = (None, None, None);
+        let mut failover_delay_ms = 25;
         let mut etcd = true;
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
@@ -86,12 +99,15 @@ impl Args {
                 "--quick" => quick = true,
                 "--secs" => secs = Some(value("--secs")?),
                 "--kills" => kills = Some(value("--kills")?),
+                "--failover-delay-ms" => {
+                    failover_delay_ms = u32::try_from(value("--failover-delay-ms")?)?
+                }
                 "--steady-secs" => steady_secs = Some(value("--steady-secs")?),
                 "--no-etcd" => etcd = false,
                 "-h" | "--help" => {
                     println!(
                         "usage: kith-region-bench [--quick] [--secs N] [--kills N] \
-                         [--steady-secs N] [--no-etcd]"
+                         [--failover-delay-ms N] [--steady-secs N] [--no-etcd]"
                     );
                     std::process::exit(0);
                 }
@@ -103,6 +119,7 @@ impl Args {
             secs: secs.unwrap_or(if quick { 5 } else { 20 }),
             clients: 64,
             kills: kills.unwrap_or(if quick { 3 } else { 10 }) as usize,
+            failover_delay_ms,
             steady_secs: steady_secs.unwrap_or(if quick { 20 } else { 300 }),
             steady_clients: 16,
             etcd,
@@ -137,6 +154,11 @@ async fn main() -> Result<()> {
     let mut region = Region::new("rbfo", &HOSTS, &[])?;
     start_region(&mut region).await?;
     failover_phase(&args, &mut region).await?;
+    drop(region);
+    // A region of its own: whatever the kills left behind (a box still catching up, a
+    // leader still settling) must not count against the links.
+    let mut region = Region::new("rbst", &HOSTS, &[])?;
+    start_region(&mut region).await?;
     steady_phase(&args, &mut region, &payload).await
 }
 
@@ -171,16 +193,62 @@ fn set_links(
     Ok(None)
 }
 
-/// The `links` field: what the links were, measured or not.
-fn links(note: Option<&str>, delay_ms: u32, jitter_ms: u32, loss_pct: f64) -> Value {
-    match note {
-        Some(note) => json!(note),
-        None => json!(format!(
-            "netem on every host's egress: {delay_ms} ms ± {jitter_ms} ms, {loss_pct} % loss \
-             (box-to-box round trip {} ms)",
-            2 * delay_ms
-        )),
+/// The `links` field: what the links were, measured or not, and by what.
+fn links(
+    region: &Region,
+    note: Option<&str>,
+    delay_ms: u32,
+    jitter_ms: u32,
+    loss_pct: f64,
+) -> Value {
+    if let Some(note) = note {
+        return json!(note);
     }
+    let by = if link_totals(region).is_some() {
+        "NFQUEUE link emulator (no netem on this kernel; uniform jitter)"
+    } else {
+        "netem"
+    };
+    json!(format!(
+        "{by} on every host's egress: {delay_ms} ms ± {jitter_ms} ms, {loss_pct} % loss \
+         (box-to-box round trip {} ms ± {} ms, ≈ {} % loss per round trip)",
+        2 * delay_ms,
+        2 * jitter_ms,
+        round(2.0 * loss_pct)
+    ))
+}
+
+/// The link emulators' counts summed over the hosts; `None` when the links are not
+/// emulated (netem, or no setting).
+fn link_totals(region: &Region) -> Option<LinkStats> {
+    let mut total: Option<LinkStats> = None;
+    for host in HOSTS {
+        if let Ok(Some(s)) = region.lab.link_stats(host) {
+            let t = total.get_or_insert_with(LinkStats::default);
+            t.packets += s.packets;
+            t.lost += s.lost;
+            t.released += s.released;
+            t.held_max = t.held_max.max(s.held_max);
+            t.overflows += s.overflows;
+            t.verdict_errors += s.verdict_errors;
+        }
+    }
+    total
+}
+
+/// The `link_emulator` field: what the emulators did between `before` and `after`.
+fn link_emulator(before: Option<LinkStats>, after: Option<LinkStats>) -> Value {
+    let Some(after) = after else {
+        return Value::Null;
+    };
+    let b = before.unwrap_or_default();
+    json!({
+        "packets": after.packets - b.packets,
+        "lost": after.lost - b.lost,
+        "overflows": after.overflows - b.overflows,
+        "verdict_errors": after.verdict_errors - b.verdict_errors,
+        "held_max": after.held_max,
+    })
 }
 
 fn print_errors_hint(who: &str, r: &LoadResult) {
@@ -297,9 +365,12 @@ fn report_create(args: &Args, kith: &LoadResult, etcd: Option<&LoadResult>) {
 // Figure 2: failover after kill -9 of the leader
 
 async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
-    let note = set_links(region, 25, 0, 0.0)?;
+    let delay = args.failover_delay_ms;
+    let note = set_links(region, delay, 0, 0.0)?;
+    let links_before = link_totals(region);
     let mut failover_ms = Vec::new();
     let mut rejoin_ms = Vec::new();
+    let mut timeouts = 0;
     for kill in 0..args.kills {
         let leader = region.leader(&[]).await?;
         let mut apis = Vec::new();
@@ -308,7 +379,17 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
             apis.push((host.to_string(), api));
         }
         region.kill9(&leader)?;
-        let took = first_write(&apis, kill).await?;
+        // A kill after which no write is accepted within the limit counts as the limit (a
+        // lower bound) and is counted in `timeouts`; the bench goes on with the next kill.
+        let took = match first_write(&apis, kill).await {
+            Ok(took) => took,
+            Err(e) => {
+                eprintln!("kith-region-bench: kill {}: {e:#}", kill + 1);
+                explain(region);
+                timeouts += 1;
+                FAILOVER_LIMIT
+            }
+        };
         let restarted = Instant::now();
         region.restart(&leader).await?;
         caught_up(region, &leader).await?;
@@ -322,6 +403,8 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
         failover_ms.push(as_ms(took));
         rejoin_ms.push(as_ms(rejoin));
     }
+    let emulator = link_emulator(links_before, link_totals(region));
+    let links = links(region, note, delay, 0, 0.0);
     let mut sorted = failover_ms.clone();
     sorted.sort_by(f64::total_cmp);
     let mut rejoin_sorted = rejoin_ms.clone();
@@ -334,14 +417,36 @@ async fn failover_phase(args: &Args, region: &mut Region) -> Result<()> {
         f.better = Better::Lower;
         f.extra.insert("kills".into(), json!(args.kills));
         f.extra.insert("samples_ms".into(), json!(failover_ms));
+        f.extra.insert("timeouts".into(), json!(timeouts));
+        f.extra
+            .insert("timeout_ms".into(), json!(as_ms(FAILOVER_LIMIT)));
         f.extra.insert(
             "rejoin_median_ms".into(),
             json!(round(percentile(&rejoin_sorted, 0.5))),
         );
-        f.extra.insert("links".into(), links(note, 25, 0, 0.0));
+        f.extra.insert("links".into(), links.clone());
+        if !emulator.is_null() {
+            f.extra.insert("link_emulator".into(), emulator.clone());
+        }
         f.print();
     }
     Ok(())
+}
+
+/// Prints what the boxes and the link emulators said, for a phase that failed.
+fn explain(region: &Region) {
+    for host in HOSTS {
+        eprintln!(
+            "kith-region-bench: {host}: link emulator {:?}",
+            region.lab.link_stats(host)
+        );
+        let log = region.lab.log(&format!("kith-{host}"));
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("===== kith-{host}, last {} lines =====", tail.len());
+        for line in tail.iter().rev() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 fn as_ms(d: Duration) -> f64 {
@@ -412,6 +517,7 @@ async fn steady_phase(args: &Args, region: &mut Region, payload: &Arc<str>) -> R
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = leader_changes(region).await?;
     let term_before = leader_term(region).await?;
+    let links_before = link_totals(region);
     let mut clients = Vec::new();
     for host in HOSTS {
         clients.push(region.client(host).await?);
@@ -431,6 +537,7 @@ async fn steady_phase(args: &Args, region: &mut Region, payload: &Arc<str>) -> R
     )
     .await;
     print_errors_hint("steady", &load);
+    let links_after = link_totals(region);
     let after = leader_changes(region).await?;
     let term_after = leader_term(region).await?;
     let changes: f64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
@@ -454,7 +561,11 @@ async fn steady_phase(args: &Args, region: &mut Region, payload: &Arc<str>) -> R
         json!(round(load.percentile_ms(0.99))),
     );
     f.extra
-        .insert("links".into(), links(note, delay, jitter, loss));
+        .insert("links".into(), links(region, note, delay, jitter, loss));
+    let emulator = link_emulator(links_before, links_after);
+    if !emulator.is_null() {
+        f.extra.insert("link_emulator".into(), emulator);
+    }
     f.print();
     Ok(())
 }
