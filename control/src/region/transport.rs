@@ -79,10 +79,23 @@ pub struct HttpsTransport {
     inner: Arc<Connections>,
 }
 
+/// A connection to a peer: made by a task of its own, shared by every message that waits
+/// for it.
+type Connecting =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Sender, String>>>;
+type Sender = SendRequest<Full<Bytes>>;
+
 /// One HTTP/2 connection per peer address.
+///
+/// openraft gives each AppendEntries a deadline of one heartbeat interval and drops the
+/// call when it passes. A connection made inside the call (TCP, TLS and HTTP/2: three or
+/// four round trips) would be dropped with it, and on 50 ms links every next call would
+/// start over and time out the same way: a new leader could never reach its followers.
+/// So a connection is made by a spawned task that outlives the call which asked for it;
+/// later calls wait for the same attempt.
 struct Connections {
     tls: Arc<ClientConfig>,
-    conns: Mutex<HashMap<String, SendRequest<Full<Bytes>>>>,
+    conns: Mutex<HashMap<String, Connecting>>,
 }
 
 impl HttpsTransport {
@@ -97,65 +110,54 @@ impl HttpsTransport {
 }
 
 impl Connections {
-    /// A ready HTTP/2 sender to `addr`: the cached one, or a new connection.
-    async fn sender(
-        &self,
-        target: NodeId,
-        addr: &str,
-    ) -> Result<SendRequest<Full<Bytes>>, TransportError> {
-        let cached = self
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(addr)
-            .cloned();
-        if let Some(mut s) = cached {
-            // A dead connection fails here, before anything is sent.
-            if s.ready().await.is_ok() {
-                return Ok(s);
-            }
-            self.forget(addr);
-        }
+    /// A ready HTTP/2 sender to `addr`: the cached one, or one from a new connection (a
+    /// dead cached one is replaced once).
+    async fn sender(&self, target: NodeId, addr: &str) -> Result<Sender, TransportError> {
         let unreachable = |reason: String| TransportError::Unreachable { target, reason };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unreachable(format!("connect to {addr} timed out")))?
-            .map_err(|e| unreachable(format!("connect to {addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let host = host_of(addr);
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| unreachable(format!("peer address {addr}: {e}")))?;
-        let tls = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TlsConnector::from(self.tls.clone()).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| unreachable(format!("TLS handshake with {addr} timed out")))?
-        .map_err(|e| unreachable(format!("TLS handshake with {addr}: {e}")))?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| unreachable(format!("HTTP/2 with {addr}: {e}")))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "peer connection ended");
+        for _ in 0..2 {
+            let attempt = self.attempt(addr);
+            match attempt.clone().await {
+                // A dead connection fails here, before anything is sent.
+                Ok(mut s) => match s.ready().await {
+                    Ok(()) => return Ok(s),
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "peer connection is closed");
+                        self.forget(addr, &attempt);
+                    }
+                },
+                Err(reason) => {
+                    self.forget(addr, &attempt);
+                    return Err(unreachable(reason));
+                }
             }
-        });
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr.to_string(), sender.clone());
-        Ok(sender)
+        }
+        Err(unreachable(format!("no live connection to {addr}")))
     }
 
-    fn forget(&self, addr: &str) {
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(addr);
+    /// The connection to `addr` being made or made; a new attempt if there is none.
+    fn attempt(&self, addr: &str) -> Connecting {
+        use futures::FutureExt;
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                let task = tokio::spawn(connect(self.tls.clone(), addr.to_string()));
+                async move {
+                    task.await
+                        .unwrap_or_else(|e| Err(format!("connecting: {e}")))
+                }
+                .boxed()
+                .shared()
+            })
+            .clone()
+    }
+
+    /// Drop `attempt` from the cache (unless a newer one replaced it already).
+    fn forget(&self, addr: &str, attempt: &Connecting) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.get(addr).is_some_and(|c| c.ptr_eq(attempt)) {
+            conns.remove(addr);
+        }
     }
 
     /// POST `body` to `path` on the peer at `addr`; the answer's body.
@@ -182,10 +184,8 @@ impl Connections {
         let lost = |reason: String| TransportError::Lost { target, reason };
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
-            Err(e) => {
-                self.forget(addr);
-                return Err(lost(format!("{addr}{path}: {e}")));
-            }
+            // A broken connection says so to the next `ready`, which replaces it.
+            Err(e) => return Err(lost(format!("{addr}{path}: {e}"))),
         };
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_MESSAGE)
@@ -203,6 +203,34 @@ impl Connections {
         }
         Ok(bytes)
     }
+}
+
+/// TCP, TLS and HTTP/2 to the peer at `addr`; the reason when it fails.
+async fn connect(tls: Arc<ClientConfig>, addr: String) -> Result<Sender, String> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("connect to {addr} timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host_of(&addr).to_string())
+        .map_err(|e| format!("peer address {addr}: {e}"))?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(tls).connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP/2 with {addr}: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "peer connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// The host of `host:port` (`[v6]:port` too), for the TLS server name.
