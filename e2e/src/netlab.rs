@@ -165,14 +165,8 @@ pub fn check_host_name(name: &str) -> Result<()> {
 /// `limit` is raised from netem's default of 1,000 packets: with 100 ms of delay, a
 /// benchmark sending more than 10,000 packets/s would otherwise see drops it did not ask for.
 pub fn netem_args(delay_ms: u32, jitter_ms: u32, loss_pct: f64) -> Result<Vec<String>> {
-    ensure!(
-        (0.0..=100.0).contains(&loss_pct),
-        "loss {loss_pct}% is not a percentage"
-    );
-    ensure!(
-        jitter_ms <= delay_ms,
-        "jitter {jitter_ms} ms larger than the delay {delay_ms} ms"
-    );
+    // The same settings the link emulator takes, refused for the same reasons.
+    crate::linkem::LinkModel::new(delay_ms, jitter_ms, loss_pct)?;
     let mut args = vec!["netem".to_string(), "limit".into(), "100000".into()];
     if delay_ms > 0 {
         args.extend(["delay".into(), format!("{delay_ms}ms")]);

@@ -588,6 +588,21 @@ impl Hub {
 mod tests {
     use super::*;
 
+    /// One round of the shim's poll loop: wait up to 20 ms, then serve what is ready.
+    fn poll_once(hub: &mut Hub) {
+        let events: Vec<(Slot, PollFlags)> = {
+            let slots = hub.slots();
+            let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
+            nix::poll::poll(&mut fds, PollTimeout::from(20u16)).unwrap();
+            slots
+                .iter()
+                .zip(fds.iter())
+                .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+                .collect()
+        };
+        hub.ready(&events);
+    }
+
     #[test]
     fn frames_survive_any_split() {
         let frames = [
@@ -633,17 +648,7 @@ mod tests {
                     }
                     hub.broadcast(STDOUT, &line);
                 }
-                let events: Vec<(Slot, PollFlags)> = {
-                    let slots = hub.slots();
-                    let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
-                    nix::poll::poll(&mut fds, PollTimeout::from(20u16)).unwrap();
-                    slots
-                        .iter()
-                        .zip(fds.iter())
-                        .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
-                        .collect()
-                };
-                hub.ready(&events);
+                poll_once(&mut hub);
             }
         });
         let mut s = connect(tmp.path(), true, false).await.unwrap();
@@ -690,17 +695,7 @@ mod tests {
             let mut hub = hub;
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let events: Vec<(Slot, PollFlags)> = {
-                        let slots = hub.slots();
-                        let mut fds: Vec<PollFd> = slots.iter().map(|(_, f)| *f).collect();
-                        nix::poll::poll(&mut fds, PollTimeout::from(20u16)).unwrap();
-                        slots
-                            .iter()
-                            .zip(fds.iter())
-                            .map(|((s, _), f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
-                            .collect()
-                    };
-                    hub.ready(&events);
+                    poll_once(&mut hub);
                 }
                 hub.finish(Duration::from_millis(100));
             })

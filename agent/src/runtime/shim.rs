@@ -537,6 +537,11 @@ fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
             }
         },
     };
+    exec_exit_code(status)
+}
+
+/// An exec'd command's exit code as a shell gives it (128 + signal when killed).
+fn exec_exit_code(status: nix::Result<WaitStatus>) -> i32 {
     match status {
         Ok(WaitStatus::Exited(_, code)) => code,
         Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
@@ -601,18 +606,7 @@ fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
         }
     };
     drop(console);
-    match relay_terminal(pid, master) {
-        Ok(WaitStatus::Exited(_, code)) => code,
-        Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
-        Ok(other) => {
-            eprintln!("kith: unexpected wait status {other:?}");
-            255
-        }
-        Err(e) => {
-            eprintln!("kith: waitpid: {e}");
-            255
-        }
-    }
+    exec_exit_code(relay_terminal(pid, master))
 }
 
 /// libcontainer reaches a console socket through a symlink it leaves in the container's
