@@ -4,7 +4,8 @@
 #   bash scripts/bench.sh [--quick] [kith-bench arguments, e.g. --secs 10 --no-etcd]
 #
 # 1. installs etcd 3.4 (Debian's etcd-server) for the baseline if /usr/bin/etcd is missing,
-#    and iptables (the region bench's link emulator) if missing;
+#    and what the tests install (scripts/install-test-deps.sh: libseccomp-dev for the build,
+#    the registry, busybox, runc, iptables for the link emulator);
 # 2. builds the release `kith` and `kith-bench` binaries (same package selection as
 #    scripts/test.sh, so the two share one build);
 # 3. runs kith-bench, which starts kith (and etcd) on 127.0.0.1 with temporary data
@@ -32,13 +33,10 @@ if [[ ! -x $etcd ]]; then
     set -- "$@" --no-etcd
 fi
 export KITH_ETCD=$etcd
-# The region bench's slow links: netem, or where the kernel has none, the NFQUEUE link
-# emulator, which adds its rule with iptables.
-if ! command -v iptables >/dev/null; then
-    echo "bench.sh: installing iptables (link emulator)" >&2
-    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; } ||
-        echo "bench.sh: no iptables; the region bench's links stay at veth speed" >&2
-fi
+# What the benches run besides kith, as the tests do: libseccomp-dev (the build links it),
+# docker-registry, busybox-static and runc (the agent bench), iptables (the region bench's
+# link emulator where the kernel has no netem), kubectl.
+bash scripts/install-test-deps.sh
 
 cargo build --release --bin kith --bin kith-bench
 target=${CARGO_TARGET_DIR:-$root/target}
