@@ -205,9 +205,21 @@ pub async fn run(
     // A box that leads from the start (always so for one box) has the system namespaces
     // and the kubernetes Service before it says it is up; later leaders make sure of them
     // when they take over (`leader_duties`).
-    let bootstrapped = store.leader() == Some(store.node_id());
+    let mut bootstrapped = store.leader() == Some(store.node_id());
     if bootstrapped {
-        bootstrap_objects(&api, kubernetes).await?;
+        match bootstrap_objects(&api, kubernetes).await {
+            Ok(()) => {}
+            // One box that cannot write has nothing to serve.
+            Err(e) if cfg.region.is_none() => return Err(e),
+            // A restarted control box can take itself for the leader its saved vote names
+            // while the region has moved on or lost its quorum: it must come up and serve
+            // (reads, its share of a later quorum), not exit; the next leadership makes
+            // the objects (`leader_duties`).
+            Err(e) => {
+                tracing::warn!(error = %e, "system objects not made at start-up; the next leadership makes them");
+                bootstrapped = false;
+            }
+        }
     }
     let auth = Authenticator::new(pki.tokens());
     let mut metrics = Metrics::new();
