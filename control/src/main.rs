@@ -402,6 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     heartbeat_ms,
                     election_min_ms: election_timeout_ms,
                     snapshot_every,
+                    ..Default::default()
                 },
             };
             let cfg = UpConfig {

@@ -51,6 +51,13 @@ pub struct Timers {
     pub election_min_ms: u64,
     /// Build a snapshot after this many applied entries.
     pub snapshot_every: u64,
+    /// The most log entries one AppendEntries carries. openraft drops an AppendEntries
+    /// after one heartbeat interval and sends the same batch again: a batch that can not
+    /// cross the link within it is never delivered. On a 50 ms link a fresh TCP window
+    /// moves some 50–70 KB in 250 ms; 300 entries of 1–3 KB each (openraft's default)
+    /// did not, and a follower that had to catch up never did (kith-region-bench: the
+    /// leader re-sent 8.5 MB in 30 s, no write was accepted). 16 entries fit.
+    pub max_payload_entries: u64,
 }
 
 impl Default for Timers {
@@ -59,6 +66,7 @@ impl Default for Timers {
             heartbeat_ms: 250,
             election_min_ms: 500,
             snapshot_every: 5000,
+            max_payload_entries: 16,
         }
     }
 }
@@ -255,6 +263,7 @@ pub async fn open_store(
     store_cfg.election_min_ms = cfg.timers.election_min_ms;
     store_cfg.election_max_ms = cfg.timers.election_min_ms * 3 / 2;
     store_cfg.snapshot_logs_since_last = cfg.timers.snapshot_every;
+    store_cfg.max_payload_entries = cfg.timers.max_payload_entries;
     // A box that joins waits to be added; only the founder forms a region of its own.
     store_cfg.bootstrap = cfg.join.is_none() && membership.joined_through.is_none();
     let store = RaftStore::open_with_transport(store_cfg, Arc::new(transport.clone())).await?;

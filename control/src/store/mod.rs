@@ -129,6 +129,8 @@ pub struct StoreConfig {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// The most log entries one AppendEntries carries.
+    pub max_payload_entries: u64,
     /// A write or linearizable read that is not done by then fails as unavailable (a write
     /// may still be applied later: the log decides).
     pub request_timeout_ms: u64,
@@ -151,6 +153,8 @@ impl StoreConfig {
             heartbeat_ms: 50,
             election_min_ms: 150,
             election_max_ms: 300,
+            // openraft's default.
+            max_payload_entries: 300,
             request_timeout_ms: 10_000,
             bootstrap: true,
         }
@@ -162,6 +166,7 @@ impl StoreConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
+            max_payload_entries: self.max_payload_entries,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
             ..Default::default()
