@@ -76,6 +76,26 @@ pub fn kith_bin() -> PathBuf {
     }
 }
 
+/// `kith token create [FLAGS] --data-dir DIR` against the running box of `data_dir`: a
+/// join token (no flags) or the metrics token (`--metrics`).
+pub fn kith_token(data_dir: &Path, flags: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(kith_bin())
+        .args(["token", "create"])
+        .args(flags)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .context("kith token create")?;
+    if !out.status.success() {
+        bail!(
+            "kith token create {}: {}",
+            flags.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 /// A pinned kubectl release. Tests that exercise kubectl run once per version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kubectl {

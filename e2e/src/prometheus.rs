@@ -132,18 +132,7 @@ fn url_encode(s: &str) -> String {
 
 /// `kith token create --metrics`: the read-only token Prometheus scrapes with.
 pub async fn metrics_token(data_dir: &Path) -> Result<String> {
-    let out = Command::new(crate::kith_bin())
-        .args(["token", "create", "--metrics", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!(
-            "kith token create --metrics: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+    crate::kith_token(data_dir, &["--metrics"])
 }
 
 /// A kube-rs client with the kubeconfig's CA but this bearer token (or no credentials).

@@ -102,18 +102,7 @@ impl Region {
     /// `kith token create` on the (running) box of `host`: a new join token, valid on
     /// every box of the region.
     pub fn create_token(&self, host: &str) -> Result<String> {
-        let out = std::process::Command::new(kith_bin())
-            .args(["token", "create", "--data-dir"])
-            .arg(self.data_dir(host)?)
-            .output()
-            .context("kith token create")?;
-        if !out.status.success() {
-            bail!(
-                "kith token create: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?.trim().to_string())
+        crate::kith_token(&self.data_dir(host)?, &[])
     }
 
     /// The region's join token (for boxes and agents).

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use kith_agent::image::testing::{ImageOptions, TestRegistry};
 use kith_e2e::agent::{command, AgentSpec, RemoteAgent};
 use kith_e2e::prometheus::{client_with_token, get_code, metrics_token, Prometheus};
-use kith_e2e::{kith_bin, AgentOptions, Cluster, Kubectl, Options};
+use kith_e2e::{AgentOptions, Cluster, Kubectl, Options};
 
 const K: Kubectl = Kubectl::V1_33;
 
@@ -42,11 +42,7 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
     })
     .await?;
     let data = cluster.data_dir();
-    let token_out = std::process::Command::new(kith_bin())
-        .args(["token", "create", "--data-dir"])
-        .arg(&data)
-        .output()?;
-    let token = String::from_utf8(token_out.stdout)?.trim().to_string();
+    let token = kith_e2e::kith_token(&data, &[])?;
     assert!(token.starts_with("K10"), "token: {token}");
 
     let remote = AgentOptions::unique("rem");

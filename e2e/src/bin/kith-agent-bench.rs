@@ -155,17 +155,7 @@ async fn main() -> Result<()> {
 
 /// `kith agent` joined to `cluster` with a token from `kith token create`, on loopback.
 async fn start_agent(cluster: &Cluster, opts: &AgentOptions) -> Result<RemoteAgent> {
-    let out = std::process::Command::new(kith_e2e::kith_bin())
-        .args(["token", "create", "--data-dir"])
-        .arg(cluster.data_dir())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "kith token create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
+    let token = kith_e2e::kith_token(&cluster.data_dir(), &[])?;
     let node_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
