@@ -443,6 +443,16 @@ async fn scenario(c: &Cluster) -> Result<()> {
             "kith_controller_reconcile_total{controller=\"deployment\"}".into(),
             Box::new(|v| v > 0.0),
         ),
+        // client-go's work queue series, as kube-controller-manager's dashboards read them:
+        // the Deployment was queued, and the queue has drained since.
+        (
+            "workqueue_adds_total{name=\"deployment\"}".into(),
+            Box::new(|v| v > 0.0),
+        ),
+        (
+            "workqueue_depth{name=\"deployment\"}".into(),
+            Box::new(|v| v == 0.0),
+        ),
     ];
     for (promql, ok) in &checks {
         let deadline = Instant::now() + SCRAPE_TIMEOUT;

@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, ToSpan};
@@ -29,9 +28,8 @@ use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::job::status_patch;
@@ -615,15 +613,14 @@ struct Ctx {
 pub async fn run(client: Client) {
     let cjs: Api<CronJob> = Api::all(client.clone());
     let jobs: Api<Job> = Api::all(client.clone());
-    Controller::new(cjs, watcher::Config::default())
-        .watches(jobs, watcher::Config::default(), |job| {
+    super::queue::Queue::new("cronjob", cjs)
+        .watches(jobs, |job| {
             let ns = job.namespace().unwrap_or_default();
             controller_of(&job)
                 .filter(|r| r.kind == "CronJob")
                 .map(|r| ObjectRef::<CronJob>::new(&r.name).within(&ns))
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("cronjob"))
         .await;
 }
 

@@ -33,7 +33,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -41,9 +40,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -620,13 +618,13 @@ pub async fn run(client: Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let revisions: Api<ControllerRevision> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
-    let controller = Controller::new(dss, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .owns(pods, watcher::Config::default())
-        .owns(revisions, watcher::Config::default())
+    let queue = super::queue::Queue::new("daemonset", dss);
+    let store = queue.store();
+    queue
+        .owns(pods)
+        .owns(revisions)
         // Any node change may change which nodes a DaemonSet wants: look at all of them.
-        .watches(nodes, watcher::Config::default(), move |_node| {
+        .watches(nodes, move |_node| {
             store
                 .state()
                 .iter()
@@ -634,7 +632,6 @@ pub async fn run(client: Client) {
                 .collect::<Vec<_>>()
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("daemonset"))
         .await;
 }
 

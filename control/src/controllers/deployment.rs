@@ -20,7 +20,6 @@ use std::hash::Hasher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
@@ -28,9 +27,8 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as MetaSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
@@ -1074,14 +1072,11 @@ struct Ctx {
 pub async fn run(client: Client) {
     let deployments: Api<Deployment> = Api::all(client.clone());
     let rss: Api<ReplicaSet> = Api::all(client.clone());
-    let controller = Controller::new(deployments, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches(rss, watcher::Config::default(), move |rs| {
-            owners_of(&store, &rs)
-        })
+    let queue = super::queue::Queue::new("deployment", deployments);
+    let store = queue.store();
+    queue
+        .watches(rss, move |rs| owners_of(&store, &rs))
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("deployment"))
         .await;
 }
 

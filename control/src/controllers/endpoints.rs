@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
 };
@@ -30,9 +29,8 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
 use super::replicaset::{controller_ref, is_ready};
@@ -283,18 +281,17 @@ pub async fn run(client: Client) {
     let pods: Api<Pod> = Api::all(client.clone());
     let slices: Api<EndpointSlice> = Api::all(client.clone());
     let endpoints: Api<Endpoints> = Api::all(client.clone());
-    let controller = Controller::new(services, watcher::Config::default());
-    let store = controller.store();
-    controller
+    let queue = super::queue::Queue::new("endpoints", services);
+    let store = queue.store();
+    queue
         // Every Service of the pod's namespace, not just those matching now: a pod whose
         // labels changed must leave the Services it matched before.
-        .watches(pods, watcher::Config::default(), move |pod| {
+        .watches(pods, move |pod| {
             services_in(&store, &pod.namespace().unwrap_or_default())
         })
-        .owns(slices, watcher::Config::default())
-        .owns(endpoints, watcher::Config::default())
+        .owns(slices)
+        .owns(endpoints)
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("endpoints"))
         .await;
 }
 

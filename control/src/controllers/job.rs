@@ -27,14 +27,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
@@ -567,15 +565,14 @@ struct Ctx {
 pub async fn run(client: Client) {
     let jobs: Api<Job> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
-    Controller::new(jobs, watcher::Config::default())
-        .watches(pods, watcher::Config::default(), |pod| {
+    super::queue::Queue::new("job", jobs)
+        .watches(pods, |pod| {
             let ns = pod.namespace().unwrap_or_default();
             controller_of(&pod)
                 .filter(|r| r.kind == "Job")
                 .map(|r| ObjectRef::<Job>::new(&r.name).within(&ns))
         })
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("job"))
         .await;
 }
 

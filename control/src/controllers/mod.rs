@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod node_lifecycle;
 pub mod nodeipam;
 pub mod pods;
+mod queue;
 pub mod replicaset;
 pub mod statefulset;
 

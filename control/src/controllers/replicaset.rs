@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -25,9 +24,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kith_api::selectors::LabelSelector;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Map, Value};
 
@@ -345,14 +343,11 @@ struct Ctx {
 pub async fn run(client: Client) {
     let rss: Api<ReplicaSet> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
-    let controller = Controller::new(rss, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches(pods, watcher::Config::default(), move |pod| {
-            owners_of(&store, &pod)
-        })
+    let queue = super::queue::Queue::new("replicaset", rss);
+    let store = queue.store();
+    queue
+        .watches(pods, move |pod| owners_of(&store, &pod))
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("replicaset"))
         .await;
 }
 

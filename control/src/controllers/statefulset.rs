@@ -29,15 +29,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume,
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -521,11 +519,10 @@ pub async fn run(client: Client) {
     let sets: Api<StatefulSet> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
     let revisions: Api<ControllerRevision> = Api::all(client.clone());
-    Controller::new(sets, watcher::Config::default())
-        .watches(pods, watcher::Config::default(), |pod| owner_of(&pod))
-        .owns(revisions, watcher::Config::default())
+    super::queue::Queue::new("statefulset", sets)
+        .watches(pods, |pod| owner_of(&pod))
+        .owns(revisions)
         .run(reconcile_one, error_policy, Arc::new(Ctx { client }))
-        .for_each(super::count_reconciles("statefulset"))
         .await;
 }
 

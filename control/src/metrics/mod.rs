@@ -54,6 +54,12 @@ struct ControllerLabels {
     controller: String,
 }
 
+/// client-go's work queue label: the queue's (the controller's) name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkqueueLabels {
+    name: String,
+}
+
 /// How one scheduling attempt ended, as kube-scheduler labels it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScheduleResult {
@@ -80,6 +86,8 @@ pub struct ControlMetrics {
     reconciles: Family<ControllerLabels, Counter>,
     reconcile_errors: Family<ControllerLabels, Counter>,
     pending_pods: Family<QueueLabels, Gauge>,
+    queue_depth: Family<WorkqueueLabels, Gauge>,
+    queue_adds: Family<WorkqueueLabels, Counter>,
     leader_changes: Counter,
 }
 
@@ -94,6 +102,8 @@ static CONTROL: LazyLock<ControlMetrics> = LazyLock::new(|| ControlMetrics {
     reconciles: Family::default(),
     reconcile_errors: Family::default(),
     pending_pods: Family::default(),
+    queue_depth: Family::default(),
+    queue_adds: Family::default(),
     leader_changes: Counter::default(),
 });
 
@@ -142,6 +152,22 @@ impl ControlMetrics {
         }
     }
 
+    /// How many objects wait in `controller`'s work queue now.
+    pub fn queue_depth(&self, controller: &str, depth: usize) {
+        let labels = WorkqueueLabels {
+            name: controller.to_string(),
+        };
+        self.queue_depth.get_or_create(&labels).set(depth as i64);
+    }
+
+    /// An object entered `controller`'s work queue (it was not already waiting).
+    pub fn queue_added(&self, controller: &str) {
+        let labels = WorkqueueLabels {
+            name: controller.to_string(),
+        };
+        self.queue_adds.get_or_create(&labels).inc();
+    }
+
     /// Passes of `controller` so far, and how many failed.
     pub fn reconcile_counts(&self, controller: &str) -> (u64, u64) {
         let labels = ControllerLabels {
@@ -176,6 +202,16 @@ impl ControlMetrics {
             "kith_controller_reconcile_errors",
             "Reconcile passes of each controller that failed",
             self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "workqueue_depth",
+            "Current depth of workqueue",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "workqueue_adds",
+            "Total number of adds handled by workqueue",
+            self.queue_adds.clone(),
         );
         registry.register(
             "scheduler_pending_pods",
