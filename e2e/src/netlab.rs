@@ -812,6 +812,7 @@ fn remove_dead_labs() {
     for n in dead_claims(CLAIM_POOL) {
         if let Ok(Some(claim)) = try_claim(CLAIM_POOL, n) {
             remove_stale(&stale_prefix(n));
+            remove_stale_dirs(&stale_prefix(n));
             claim.release();
         }
     }
@@ -845,6 +846,21 @@ fn remove_stale(prefix: &str) {
         let name = name.split('@').next().unwrap_or(name);
         if name.starts_with(prefix) {
             let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// Removes the directories (hosts' data, logs) of a dead lab that held the /24 of `prefix`:
+/// `kith-lab-<prefix>*` in the temp dir, which only the holder of that /24 makes.
+fn remove_stale_dirs(prefix: &str) {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    let start = format!("kith-lab-{prefix}");
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&start) {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

@@ -91,7 +91,7 @@ fn ping_avg_ms(lab: &Lab, host: &str, addr: Ipv4Addr) -> Result<f64> {
     Ok(avg.parse()?)
 }
 
-/// Namespaces and root interfaces whose names start with the lab's name.
+/// Namespaces, root interfaces and temp directories named after the lab.
 fn leftovers(name: &str) -> Result<Vec<String>> {
     let mut found = Vec::new();
     for args in [&["netns", "list"][..], &["-o", "link", "show"][..]] {
@@ -101,6 +101,14 @@ fn leftovers(name: &str) -> Result<Vec<String>> {
             if line.contains(name) {
                 found.push(line.to_string());
             }
+        }
+    }
+    // The lab's directory (hosts' data and logs).
+    let dir = format!("kith-lab-{name}-");
+    for e in std::fs::read_dir(std::env::temp_dir())? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with(&dir) {
+            found.push(e.path().display().to_string());
         }
     }
     Ok(found)
