@@ -939,3 +939,148 @@ async fn exec_with_a_tty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `sh -c script` in the container through `exec` (with or without a terminal) and
+/// returns its output (a terminal's CR LF as LF) once it exited with 0.
+async fn exec_output(env: &Env, key: &ContainerKey, script: &str, tty: bool) -> String {
+    use kith_agent::runtime::ExecRequest;
+    use tokio::io::AsyncReadExt;
+    let mut s = env
+        .rt
+        .exec(
+            key,
+            ExecRequest {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                tty,
+                stdin: tty,
+                timeout: None,
+            },
+        )
+        .await
+        .unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    let code = s.exit_code.await.unwrap();
+    let out = out.replace("\r\n", "\n");
+    assert_eq!(code, 0, "{key:?} tty={tty}: {out}{err}");
+    out + &err
+}
+
+/// The lines of `text` that start with one of `prefixes`.
+fn lines_with<'a>(text: &'a str, prefixes: &[&str]) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .collect()
+}
+
+/// A process `exec` starts runs under the container's seccomp filter with the
+/// container's capabilities, no_new_privs, user and working directory — with and
+/// without a terminal, compared line by line with the container's own process.
+#[tokio::test]
+async fn exec_runs_under_the_containers_seccomp_filter_and_settings() {
+    let mut env = Env::new();
+    std::fs::write(
+        env.seccomp_dir.join("deny-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let cases = [
+        (
+            "default",
+            json!({"seccompProfile": {"type": "RuntimeDefault"}}),
+        ),
+        (
+            "nnp",
+            json!({"seccompProfile": {"type": "RuntimeDefault"},
+                   "allowPrivilegeEscalation": false, "runAsUser": 1000, "runAsGroup": 2000,
+                   "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}),
+        ),
+        (
+            "unconfined",
+            json!({"seccompProfile": {"type": "Unconfined"}}),
+        ),
+        (
+            "local",
+            json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "deny-mkdir.json"},
+                   "capabilities": {"drop": ["SETPCAP", "KILL"]}}),
+        ),
+    ];
+    let mut keys = Vec::new();
+    for (name, security) in &cases {
+        let req = env.request_with(
+            name,
+            json!({"command": ["sleep", "1000"], "workingDir": "/tmp",
+                   "securityContext": security}),
+            BTreeMap::new(),
+        );
+        keys.push(req.key.clone());
+        env.rt.start(req).await.unwrap();
+    }
+    let status = [
+        "Seccomp:",
+        "NoNewPrivs:",
+        "CapEff:",
+        "CapPrm:",
+        "CapBnd:",
+        "Uid:",
+        "Gid:",
+    ];
+    let script = "exec 2>&1; cat /proc/1/status; echo ---; cat /proc/self/status; echo ---; \
+                  pwd; unshare -U true; echo unshare=$?; mkdir /tmp/d; echo mkdir=$?; rmdir /tmp/d 2>/dev/null; true";
+    for ((name, _), key) in cases.iter().zip(&keys) {
+        let mut outputs = Vec::new();
+        for tty in [false, true] {
+            let out = exec_output(&env, key, script, tty).await;
+            let parts: Vec<&str> = out.split("---\n").collect();
+            assert_eq!(parts.len(), 3, "{name} tty={tty}: {out}");
+            // The container's process and the exec'd one: the same filter mode,
+            // capabilities, no_new_privs, user and groups.
+            let container = lines_with(parts[0], &status);
+            let exec = lines_with(parts[1], &status);
+            assert_eq!(container.len(), status.len(), "{name}: {}", parts[0]);
+            assert_eq!(exec, container, "{name} tty={tty}");
+            outputs.push((exec.join("\n"), parts[2].to_string()));
+        }
+        // One code path: the terminal exec gets exactly what the plain one gets.
+        assert_eq!(outputs[0], outputs[1], "{name}: plain vs terminal exec");
+        let (status, rest) = &outputs[0];
+        assert!(rest.starts_with("/tmp\n"), "{name}: cwd: {rest}");
+        match *name {
+            // (uid 1000 may not write to the image's /tmp: mkdir tells nothing there.)
+            "default" | "nnp" => {
+                assert!(status.contains("Seccomp:\t2"), "{name}: {status}");
+                assert!(
+                    rest.contains("Operation not permitted") && rest.contains("unshare=1"),
+                    "{name}: {rest}"
+                );
+                assert!(*name == "nnp" || rest.contains("mkdir=0"), "{name}: {rest}");
+            }
+            "unconfined" => {
+                assert!(status.contains("Seccomp:\t0"), "{name}: {status}");
+                assert!(rest.contains("unshare=0"), "{name}: {rest}");
+                assert!(rest.contains("mkdir=0"), "{name}: {rest}");
+            }
+            "local" => {
+                assert!(status.contains("Seccomp:\t2"), "{name}: {status}");
+                assert!(rest.contains("unshare=0"), "{name}: {rest}");
+                assert!(
+                    rest.contains("Operation not permitted") && rest.contains("mkdir=1"),
+                    "{name}: {rest}"
+                );
+            }
+            _ => unreachable!(),
+        }
+        if *name == "nnp" {
+            assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+            // uid 1000 with no capability left but CAP_NET_BIND_SERVICE (bit 10).
+            assert!(status.contains("Uid:\t1000\t1000\t1000\t1000"), "{status}");
+            assert!(status.contains("CapBnd:\t0000000000000400"), "{status}");
+        }
+    }
+}

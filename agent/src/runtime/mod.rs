@@ -16,6 +16,7 @@
 
 pub mod attach;
 pub mod crilog;
+pub mod exec_process;
 mod libcontainer_runtime;
 pub mod logs;
 pub mod pty;

@@ -12,7 +12,8 @@
 //!                     ▼ exit
 //!  agent ──spawn──► kith shim delete <dir>   (libcontainer delete --force)
 //!  agent ──spawn──► kith shim exec <dir> [--tty] -- cmd   (one exec; --tty: a pty of
-//!                     its own, stdin carries input frames with resizes)
+//!                     its own, stdin carries input frames with resizes; either way the
+//!                     container's process settings and seccomp filter, exec_process)
 //! ```
 //! libcontainer clones and runs Rust code in the child and changes the working directory
 //! of the whole process, so it only ever runs here, never inside the agent's tokio
@@ -36,6 +37,7 @@ use nix::unistd::Pid;
 
 use super::attach::{self, Hub, Slot};
 use super::crilog::{format_line, LineSplitter, RotatingWriter, Stream, MAX_LINE};
+use super::exec_process::{self, SeccompExecutor};
 use super::pty::{self, ConsoleSocket, WinSize};
 use super::state::{self, Exit, Meta, Pids};
 use super::{ExitReason, StdinMode};
@@ -505,21 +507,11 @@ pub const EXEC_START_FAILED: i32 = 126;
 /// the agent is gone by then.
 fn exec(dir: &Path, command: Vec<String>, timeout: Option<Duration>) -> i32 {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let lc_root = dir.join(state::LC_ROOT);
-    let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
-        .with_root_path(&lc_root)
-        .and_then(|b| b.validate_id())
-        .and_then(|b| {
-            b.as_tenant()
-                .with_container_args(command)
-                .with_detach(false)
-                .build()
-        });
-    let pid = match pid {
+    let pid = match start_exec(dir, command, None) {
         Ok(pid) => pid,
         Err(e) => {
             // This stderr is the exec session's: the user sees why, as with `runc exec`.
-            eprintln!("kith: cannot exec in container: {}", describe(&e));
+            eprintln!("kith: cannot exec in container: {e}");
             return EXEC_START_FAILED;
         }
     };
@@ -557,8 +549,8 @@ fn exec_exit_code(status: nix::Result<WaitStatus>) -> i32 {
 }
 
 /// `kith shim exec <dir> --tty -- <command>`: runs `command` in the running container
-/// on a terminal of its own (`kubectl exec -it`), as `runc exec --tty` does: the process
-/// spec is the container's own with `args` replaced and `terminal` set, and the pty master
+/// on a terminal of its own (`kubectl exec -it`), as `runc exec --tty` does: the same
+/// settings as a plain exec ([`start_exec`]) with `terminal` set, and the pty master
 /// comes back on a console socket. This helper's stdin carries input frames
 /// ([`attach::IN_STDIN`], [`attach::IN_RESIZE`], [`attach::IN_CLOSE`]); the terminal's
 /// output goes to its stdout; it exits with the command's code.
@@ -575,27 +567,9 @@ fn exec_tty(dir: &Path, command: Vec<String>) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(format!("console socket: {e}")),
     };
-    let process_path = dir.join(format!("exec-{me}.json"));
-    if let Err(e) = write_tty_process(dir, &process_path, command) {
-        return fail(e);
-    }
-    let pid = ContainerBuilder::new(container_id(dir), SyscallType::Linux)
-        .with_root_path(dir.join(state::LC_ROOT))
-        .and_then(|b| b.with_console_socket(Some(console.path())).validate_id())
-        .and_then(|b| {
-            b.as_tenant()
-                .with_process(Some(&process_path))
-                .with_detach(true)
-                .build()
-        });
-    let _ = std::fs::remove_file(&process_path);
-    remove_links_to(
-        &dir.join(state::LC_ROOT).join(container_id(dir)),
-        console.path(),
-    );
-    let pid = match pid {
+    let pid = match start_exec(dir, command, Some(console.path())) {
         Ok(pid) => pid,
-        Err(e) => return fail(describe(&e)),
+        Err(e) => return fail(e),
     };
     let master = match console.receive(CONSOLE_WAIT) {
         Ok(m) => m,
@@ -619,22 +593,51 @@ fn remove_links_to(dir: &Path, target: &Path) {
     }
 }
 
-/// The process spec of a terminal exec: the container's own process (user, env, cwd,
-/// capabilities) running `command` on a terminal.
-fn write_tty_process(dir: &Path, path: &Path, command: Vec<String>) -> Result<(), String> {
+/// Starts `command` in the running container with the settings
+/// [`exec_process::plan`] gives every exec'd process (the container's user, groups,
+/// capabilities, no_new_privs, environment, working directory and seccomp filter).
+/// With a `console` socket the process gets a terminal, whose master comes back on it.
+fn start_exec(dir: &Path, command: Vec<String>, console: Option<&Path>) -> Result<Pid, String> {
     let spec = oci_spec::runtime::Spec::load(dir.join(state::CONFIG))
         .map_err(|e| format!("read {}: {e}", state::CONFIG))?;
-    let mut process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| format!("{} has no process", state::CONFIG))?;
-    let env = pty::with_term(process.env().clone().unwrap_or_default());
-    process
-        .set_args(Some(command))
-        .set_terminal(Some(true))
-        .set_env(Some(env));
-    let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
-    std::fs::write(path, json).map_err(|e| format!("write {}: {e}", path.display()))
+    let planned =
+        exec_process::plan(&spec, command, console.is_some()).map_err(|e| e.to_string())?;
+    let process_path = dir.join(format!("exec-{}.json", std::process::id()));
+    let json = serde_json::to_vec(&planned.process).map_err(|e| e.to_string())?;
+    write_private(&process_path, &json)?;
+    let mut base =
+        ContainerBuilder::new(container_id(dir), SyscallType::Linux).with_console_socket(console);
+    if let Some(load) = planned.seccomp {
+        base = base.with_executor(SeccompExecutor::new(load));
+    }
+    let pid = base
+        .with_root_path(dir.join(state::LC_ROOT))
+        .and_then(|b| b.validate_id())
+        .and_then(|b| {
+            b.as_tenant()
+                .with_process(Some(&process_path))
+                .with_detach(console.is_some())
+                .build()
+        });
+    let _ = std::fs::remove_file(&process_path);
+    if let Some(console) = console {
+        remove_links_to(&dir.join(state::LC_ROOT).join(container_id(dir)), console);
+    }
+    pid.map_err(|e| describe(&e))
+}
+
+/// Writes `bytes` to a new file only root can read: a process spec holds the
+/// container's environment, secrets included.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("write {}: {e}", path.display()))
 }
 
 /// Copies between this helper's stdio and the terminal until `pid` exited and the
