@@ -3,11 +3,15 @@
 //!
 //! A pod with `seccompProfile: RuntimeDefault` runs filtered (`kubectl exec` reads
 //! `Seccomp: 2` for the container's process; a new user namespace is refused); a
-//! Localhost profile from `<agent data dir>/seccomp` applies (its mkdir fails); a pod
-//! whose Localhost profile is missing shows CreateContainerError with the reason in
-//! `kubectl get pod` and `kubectl describe`, and the other pods keep running.
+//! Localhost profile from `<agent data dir>/seccomp` applies (its mkdir fails); a
+//! process `kubectl exec` starts is under the same filter as the container (with and
+//! without `-t`), and one in an Unconfined pod is not; a pod whose Localhost profile
+//! is missing shows CreateContainerError with the reason in `kubectl get pod` and
+//! `kubectl describe`, and the other pods keep running.
 
 use anyhow::{ensure, Result};
+use kith_agent::runtime::pty::WinSize;
+use kith_e2e::tty::TtyKubectl;
 use kith_e2e::{busybox_cluster, AgentOptions, Cluster, Kubectl};
 
 const K: Kubectl = Kubectl::V1_33;
@@ -63,25 +67,25 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
         "{type: Localhost, localhostProfile: deny-mkdir.json}",
         "mkdir /tmp/x; echo mkdir=$?; sleep 3600",
     );
+    let open = pod("open", image, "{type: Unconfined}", "sleep 3600");
     let missing = pod(
         "missing",
         image,
         "{type: Localhost, localhostProfile: nope.json}",
         "sleep 3600",
     );
-    for yaml in [&filtered, &local, &missing] {
+    for yaml in [&filtered, &local, &open, &missing] {
         cluster.apply_yaml(K, Some(&ns), yaml).await?;
     }
 
-    for name in ["filtered", "local"] {
+    for name in ["filtered", "local", "open"] {
         cluster
             .wait_pod(K, &ns, name, "{.status.phase}", "Running", |s| {
                 s == "Running"
             })
             .await?;
     }
-    // PID 1 is the container's own process. A process `kubectl exec` starts is not
-    // filtered yet: libcontainer 0.7's exec (tenant) path does not carry linux.seccomp.
+    // PID 1 is the container's own process.
     let status = cluster
         .kubectl_ok(
             K,
@@ -102,6 +106,8 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
         logs.contains("Operation not permitted") && logs.contains("mkdir=1"),
         "mkdir under the Localhost profile:\n{logs}"
     );
+
+    exec_is_filtered_as_the_container(cluster, &ns).await?;
 
     let reason = cluster
         .wait_pod(
@@ -151,7 +157,7 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
     );
 
     // The other pods are untouched by the one that cannot start.
-    for name in ["filtered", "local"] {
+    for name in ["filtered", "local", "open"] {
         let phase = cluster
             .kubectl_ok(
                 K,
@@ -167,6 +173,61 @@ async fn scenario(cluster: &Cluster, image: &str) -> Result<()> {
             )
             .await?;
         ensure!(phase == "Running", "{name} is {phase}");
+    }
+    Ok(())
+}
+
+/// What `kubectl exec` starts runs under its container's filter: blocked calls fail
+/// with EPERM inside the exec as they do in the container, and `Seccomp:` reads 2 (0
+/// in the Unconfined pod), with and without a terminal.
+async fn exec_is_filtered_as_the_container(cluster: &Cluster, ns: &str) -> Result<()> {
+    // Each script ends with `rc=<code of the command under test>`.
+    let cases = [
+        (
+            "filtered",
+            "grep Seccomp: /proc/self/status",
+            "Seccomp:\t2",
+            "rc=0",
+        ),
+        (
+            "filtered",
+            "unshare -U true",
+            "Operation not permitted",
+            "rc=1",
+        ),
+        ("local", "mkdir /tmp/e", "Operation not permitted", "rc=1"),
+        (
+            "open",
+            "grep Seccomp: /proc/self/status",
+            "Seccomp:\t0",
+            "rc=0",
+        ),
+        ("open", "unshare -U true", "", "rc=0"),
+    ];
+    for (pod, command, want, rc) in cases {
+        let script = format!("{command} 2>&1; echo rc=$?");
+        let plain = cluster
+            .kubectl_ok(K, &["exec", "-n", ns, pod, "--", "sh", "-c", &script])
+            .await?;
+        // kubectl asks for a terminal only when its stdin is one: run it on a pty.
+        let mut k = TtyKubectl::spawn(
+            cluster,
+            K,
+            &["exec", "-it", "-n", ns, pod, "--", "sh", "-c", &script],
+            WinSize { cols: 80, rows: 24 },
+        )?;
+        let on_tty = k.wait_for("rc=").await?;
+        let code = k.exit_code().await?;
+        ensure!(
+            code == 0,
+            "kubectl exec -it {pod} {command}: {code} {on_tty:?}"
+        );
+        for (how, text) in [("plain", plain), ("tty", on_tty)] {
+            ensure!(
+                text.contains(want) && text.contains(rc),
+                "exec ({how}) in {pod}: {command}: want {want:?} and {rc}, got {text:?}"
+            );
+        }
     }
     Ok(())
 }
