@@ -1084,3 +1084,42 @@ async fn exec_runs_under_the_containers_seccomp_filter_and_settings() {
         }
     }
 }
+
+/// `stdinOnce` with `tty: true`: when the one attach session ends its input, the
+/// container's `cat` reads to the end of input and exits — after a whole line and after
+/// a partial one.
+#[tokio::test]
+async fn tty_stdin_once_ends_the_containers_input() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    for (name, typed) in [("line", "hello\n"), ("partial", "abc")] {
+        let mut req = env.request_with(
+            name,
+            json!({"command": ["sh", "-c", "cat; echo eof-seen"],
+                   "stdin": true, "stdinOnce": true, "tty": true}),
+            BTreeMap::new(),
+        );
+        // What the sync loop does for `tty: true`.
+        req.spec
+            .process_mut()
+            .as_mut()
+            .unwrap()
+            .set_terminal(Some(true));
+        let key = req.key.clone();
+        env.rt.start(req).await.unwrap();
+        let mut s = env.rt.attach(&key, true).await.unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(typed.as_bytes()).await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_string(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the container still reads: {out:?}"))
+            .unwrap();
+        assert!(out.contains("eof-seen"), "{name}: {out:?}");
+        let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
+        assert_eq!(code, 0, "{name}: {}", env.log(name));
+        let log = env.log(name);
+        assert!(log.contains(typed.trim_end()), "{name}: {log}");
+    }
+}

@@ -16,7 +16,10 @@
 //! A terminal's output is one stream (stdout), as the kubelet logs and serves it.
 //! The shim closes every client once the container exited and its output was sent. The
 //! container's stdin (when the pod asks for one) is a pipe whose write end the shim keeps
-//! open, so the container sees no end of input between attach sessions.
+//! open, so the container sees no end of input between attach sessions. With
+//! `stdinOnce`, the end of the first session's input ends the container's: the pipe is
+//! closed, or on a terminal the EOF character is typed (containerd's CRI instead leaves
+//! a terminal's input open and only lets the client go).
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -278,6 +281,8 @@ pub struct Hub {
     pending: Vec<u8>,
     /// The container's terminal (its pty master), which resize frames apply to.
     terminal: Option<OwnedFd>,
+    /// The last byte of input taken, to know whether a terminal's line is empty.
+    last_input: Option<u8>,
 }
 
 impl Hub {
@@ -309,6 +314,7 @@ impl Hub {
             closing: false,
             pending: Vec::new(),
             terminal: None,
+            last_input: None,
         })
     }
 
@@ -528,6 +534,9 @@ impl Hub {
     /// Input from a client that sends stdin.
     fn take_stdin(&mut self, data: &[u8]) {
         if self.stdin.is_some() && !self.closing {
+            if let Some(&b) = data.last() {
+                self.last_input = Some(b);
+            }
             self.pending.extend_from_slice(data);
             self.write_stdin();
         }
@@ -564,12 +573,22 @@ impl Hub {
         }
     }
 
-    /// An attach session that wrote to stdin ended: for stdinOnce, stdin ends too.
+    /// An attach session that wrote to stdin ended: for stdinOnce, stdin ends too. A
+    /// pipe is closed; a terminal cannot be closed for input alone (closing the master
+    /// hangs the terminal up and loses the output), so it gets the keys that end input
+    /// on a terminal ([`pty::end_of_input`]), after what the session typed.
     fn stdin_session_ended(&mut self) {
-        if self.once {
-            self.closing = true;
-            self.write_stdin();
+        if !self.once || self.closing {
+            return;
         }
+        if let (Some(terminal), Some(_)) = (&self.terminal, &self.stdin) {
+            match pty::end_of_input_for(terminal.as_fd(), self.last_input) {
+                Ok(keys) => self.pending.extend_from_slice(&keys),
+                Err(e) => tracing::debug!(%e, "read the container's terminal settings"),
+            }
+        }
+        self.closing = true;
+        self.write_stdin();
     }
 
     fn drop_clients(&mut self, mut gone: Vec<usize>) {
@@ -725,6 +744,52 @@ mod tests {
         .unwrap();
         assert_eq!(line, b"typed\n");
         assert_eq!(size, (99, 33));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        shim.join().unwrap();
+        drop(master);
+    }
+
+    /// stdinOnce on a terminal: when the one session ends its input, the slave's reader
+    /// gets what was typed (a partial line) and then the end of input.
+    #[tokio::test]
+    async fn terminal_stdin_once_ends_input_with_eof() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let master = pty.master;
+        let hub = Hub::bind(tmp.path(), Some(master.try_clone().unwrap()), true)
+            .unwrap()
+            .with_terminal(master.try_clone().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shim = {
+            let stop = stop.clone();
+            let mut hub = hub;
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    poll_once(&mut hub);
+                }
+                hub.finish(Duration::from_millis(100));
+            })
+        };
+        let mut s = connect(tmp.path(), true, true).await.unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(b"no newline").await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let slave = pty.slave;
+        let reads = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::from(slave);
+            let mut reads = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                reads.push(buf[..n].to_vec());
+                if n == 0 || reads.len() > 3 {
+                    return reads;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(reads, [b"no newline".to_vec(), Vec::new()]);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         shim.join().unwrap();
         drop(master);

@@ -179,6 +179,34 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<()> {
     }
 }
 
+/// What to type on a terminal so that its reader sees the end of input, as a user
+/// pressing ^D would: the terminal's EOF character (`c_cc[VEOF]`), twice when the
+/// current line holds unread input (`last` typed byte not a line end), because the first
+/// only hands that partial line over. Nothing when the terminal is not in canonical mode
+/// (a raw-mode program reads ^D as a plain byte) or has VEOF disabled.
+pub fn end_of_input(canonical: bool, veof: u8, last: Option<u8>) -> Vec<u8> {
+    // _POSIX_VDISABLE on Linux.
+    if !canonical || veof == 0 {
+        return Vec::new();
+    }
+    match last {
+        None | Some(b'\n' | b'\r') => vec![veof],
+        Some(b) if b == veof => vec![veof],
+        Some(_) => vec![veof, veof],
+    }
+}
+
+/// [`end_of_input`] for the terminal whose master is `master`, from its current settings.
+pub fn end_of_input_for(master: BorrowedFd<'_>, last: Option<u8>) -> io::Result<Vec<u8>> {
+    use nix::sys::termios::{tcgetattr, LocalFlags, SpecialCharacterIndices};
+    let t = tcgetattr(master).map_err(io::Error::from)?;
+    Ok(end_of_input(
+        t.local_flags.contains(LocalFlags::ICANON),
+        t.control_chars[SpecialCharacterIndices::VEOF as usize],
+        last,
+    ))
+}
+
 /// Adds `TERM=xterm` unless the environment names a terminal type already: what
 /// containerd's CRI does for tty containers, so shells and editors know what they drive.
 pub fn with_term(mut env: Vec<String>) -> Vec<String> {
@@ -207,6 +235,49 @@ mod tests {
         }
         assert_eq!(WinSize::from_bytes(&[0, 80, 0]), None);
         assert_eq!(WinSize::from_bytes(&[]), None);
+    }
+
+    #[test]
+    fn end_of_input_by_terminal_mode_and_line() {
+        const D: u8 = 4;
+        let cases: [(bool, u8, Option<u8>, &[u8]); 8] = [
+            // Canonical, empty line: one ^D ends input.
+            (true, D, None, &[D]),
+            (true, D, Some(b'\n'), &[D]),
+            (true, D, Some(b'\r'), &[D]),
+            // A partial line: the first ^D hands it over, the second ends input.
+            (true, D, Some(b'x'), &[D, D]),
+            // Just after an EOF the line is empty again.
+            (true, D, Some(D), &[D]),
+            // Another EOF character is honoured.
+            (true, 26, Some(b'x'), &[26, 26]),
+            // Raw mode, or EOF disabled: nothing to send.
+            (false, D, Some(b'x'), &[]),
+            (true, 0, None, &[]),
+        ];
+        for (canonical, veof, last, want) in cases {
+            assert_eq!(
+                end_of_input(canonical, veof, last),
+                want,
+                "{canonical} {veof} {last:?}"
+            );
+        }
+    }
+
+    /// On a real pty: what `end_of_input_for` sends makes the slave's reader see the
+    /// partial line and then the end of input (a read of 0 bytes).
+    #[test]
+    fn end_of_input_reaches_a_real_terminal() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        nix::unistd::write(&pty.master, b"partial").unwrap();
+        let eof = end_of_input_for(pty.master.as_fd(), Some(b'l')).unwrap();
+        assert_eq!(eof, [4, 4]);
+        nix::unistd::write(&pty.master, &eof).unwrap();
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(pty.slave.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"partial");
+        let n = nix::unistd::read(pty.slave.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(n, 0, "end of input");
     }
 
     #[test]
