@@ -89,24 +89,54 @@ pub type KithRaft = openraft::Raft<TypeConfig>;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Replies(#[serde(with = "results_wire")] pub Vec<Result<Bytes>>);
 
-/// `Bytes` has no serde support without a feature flag; go through byte sequences.
+/// `Bytes` has no serde support without a feature flag. A stored object is JSON text, so
+/// it travels as a JSON string: as a byte sequence serde_json would write every byte as a
+/// decimal number (a 1.3 KiB object became ~4.5 KiB of digits and commas, encoded by the
+/// leader and parsed by the follower for every write it forwarded). Anything that is not
+/// UTF-8 still travels as a byte sequence, and both forms are read back.
 mod results_wire {
+    use std::borrow::Cow;
+
     use bytes::Bytes;
     use kith_api::store::StoreError;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire<'a> {
+        #[serde(borrow)]
+        Text(Cow<'a, str>),
+        Raw(Vec<u8>),
+    }
+
+    impl<'a> Wire<'a> {
+        fn of(b: &'a Bytes) -> Wire<'a> {
+            match std::str::from_utf8(b) {
+                Ok(text) => Wire::Text(Cow::Borrowed(text)),
+                Err(_) => Wire::Raw(b.to_vec()),
+            }
+        }
+
+        fn into_bytes(self) -> Bytes {
+            match self {
+                Wire::Text(t) => Bytes::from(t.into_owned()),
+                Wire::Raw(v) => Bytes::from(v),
+            }
+        }
+    }
 
     pub fn serialize<S: Serializer>(
         results: &[Result<Bytes, StoreError>],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(results.iter().map(|r| r.as_ref().map(|b| b.as_ref())))
+        s.collect_seq(results.iter().map(|r| r.as_ref().map(Wire::of)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<Result<Bytes, StoreError>>, D::Error> {
-        let wire = Vec::<Result<Vec<u8>, StoreError>>::deserialize(d)?;
-        Ok(wire.into_iter().map(|r| r.map(Bytes::from)).collect())
+        let wire = Vec::<Result<Wire<'de>, StoreError>>::deserialize(d)?;
+        Ok(wire.into_iter().map(|r| r.map(Wire::into_bytes)).collect())
     }
 }
 
@@ -736,5 +766,24 @@ mod tests {
             let back: Replies = serde_json::from_slice(&json).expect("deserialize");
             assert_eq!(back, replies);
         }
+    }
+
+    #[test]
+    fn replies_carry_objects_as_text_and_other_bytes_as_sequences() {
+        let object = br#"{"kind":"ConfigMap","data":{"k":"\"quoted\""}}"#;
+        let replies = Replies(vec![
+            Ok(Bytes::from_static(object)),
+            Ok(Bytes::from_static(&[0xff, 0x00, 0x41])),
+        ]);
+        let json = serde_json::to_string(&replies).expect("serialize");
+        assert_eq!(
+            json,
+            r#"[{"Ok":"{\"kind\":\"ConfigMap\",\"data\":{\"k\":\"\\\"quoted\\\"\"}}"},{"Ok":[255,0,65]}]"#
+        );
+        let back: Replies = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, replies);
+        // What boxes of the previous release send: every object as a byte sequence.
+        let old: Replies = serde_json::from_str(r#"[{"Ok":[123,125]}]"#).expect("old form");
+        assert_eq!(old, Replies(vec![Ok(Bytes::from_static(b"{}"))]));
     }
 }

@@ -28,9 +28,10 @@
 //! lost, kernel queue overflows) are in the lines' `link_emulator` key.
 //!
 //! Usage: `kith-region-bench [--quick] [--secs N] [--kills N] [--failover-delay-ms N]
-//! [--steady-secs N] [--no-etcd]` (`--failover-delay-ms`: each host's egress delay in the
-//! failover phase, default 25). Environment: `KITH_BIN` (the kith binary), `KITH_ETCD` (default
-//! `/usr/bin/etcd`).
+//! [--steady-secs N] [--no-etcd] [--phases create,failover,steady]`
+//! (`--failover-delay-ms`: each host's egress delay in the failover phase, default 25;
+//! `--phases`: run only these labs, default all three). Environment: `KITH_BIN` (the kith
+//! binary), `KITH_ETCD` (default `/usr/bin/etcd`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +81,43 @@ struct Args {
     steady_secs: u64,
     steady_clients: usize,
     etcd: bool,
+    phases: Phases,
+}
+
+/// Which labs run (`--phases`): measuring one figure need not wait for the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Phases {
+    create: bool,
+    failover: bool,
+    steady: bool,
+}
+
+impl Phases {
+    const ALL: Phases = Phases {
+        create: true,
+        failover: true,
+        steady: true,
+    };
+
+    /// `create,failover,steady` or any non-empty subset, in any order.
+    fn parse(list: &str) -> Result<Phases> {
+        let mut p = Phases {
+            create: false,
+            failover: false,
+            steady: false,
+        };
+        for name in list.split(',').map(str::trim) {
+            match name {
+                "create" => p.create = true,
+                "failover" => p.failover = true,
+                "steady" => p.steady = true,
+                other => bail!(
+                    "--phases: unknown phase {other:?} (create, failover, steady, comma-separated)"
+                ),
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl Args {
@@ -88,6 +126,7 @@ impl Args {
         let (mut secs, mut kills, mut steady_secs) = (None, None, None);
         let mut failover_delay_ms = 25;
         let mut etcd = true;
+        let mut phases = Phases::ALL;
         let mut it = std::env::args().skip(1);
         while let Some(a) = it.next() {
             let mut value = |name: &str| -> Result<u64> {
@@ -104,10 +143,14 @@ impl Args {
                 }
                 "--steady-secs" => steady_secs = Some(value("--steady-secs")?),
                 "--no-etcd" => etcd = false,
+                "--phases" => {
+                    phases = Phases::parse(&it.next().context("--phases needs a value")?)?
+                }
                 "-h" | "--help" => {
                     println!(
                         "usage: kith-region-bench [--quick] [--secs N] [--kills N] \
-                         [--failover-delay-ms N] [--steady-secs N] [--no-etcd]"
+                         [--failover-delay-ms N] [--steady-secs N] [--no-etcd] \
+                         [--phases create,failover,steady]"
                     );
                     std::process::exit(0);
                 }
@@ -123,6 +166,7 @@ impl Args {
             steady_secs: steady_secs.unwrap_or(if quick { 20 } else { 300 }),
             steady_clients: 16,
             etcd,
+            phases,
         };
         if args.secs == 0 || args.kills == 0 || args.steady_secs == 0 {
             bail!("--secs, --kills and --steady-secs must be positive");
@@ -149,17 +193,22 @@ async fn main() -> Result<()> {
             .trim()
     );
     let payload: Arc<str> = "x".repeat(PAYLOAD_BYTES).into();
-    create_phase(&args, &payload).await?;
-
-    let mut region = Region::new("rbfo", &HOSTS, &[])?;
-    start_region(&mut region).await?;
-    failover_phase(&args, &mut region).await?;
-    drop(region);
-    // A region of its own: whatever the kills left behind (a box still catching up, a
-    // leader still settling) must not count against the links.
-    let mut region = Region::new("rbst", &HOSTS, &[])?;
-    start_region(&mut region).await?;
-    steady_phase(&args, &mut region, &payload).await
+    if args.phases.create {
+        create_phase(&args, &payload).await?;
+    }
+    if args.phases.failover {
+        let mut region = Region::new("rbfo", &HOSTS, &[])?;
+        start_region(&mut region).await?;
+        failover_phase(&args, &mut region).await?;
+    }
+    if args.phases.steady {
+        // A region of its own: whatever the kills left behind (a box still catching up, a
+        // leader still settling) must not count against the links.
+        let mut region = Region::new("rbst", &HOSTS, &[])?;
+        start_region(&mut region).await?;
+        steady_phase(&args, &mut region, &payload).await?;
+    }
+    Ok(())
 }
 
 /// Founds the region on the first host and joins the others through it.
@@ -597,4 +646,27 @@ async fn metric_retrying(region: &Region, host: &str, name: &str) -> Result<f64>
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Err(last.expect("tried")).with_context(|| format!("{name} of {host}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_parse_table() {
+        let p = |c, f, s| Phases {
+            create: c,
+            failover: f,
+            steady: s,
+        };
+        for (arg, want) in [
+            ("create", Some(p(true, false, false))),
+            ("steady,failover", Some(p(false, true, true))),
+            ("create, failover,steady", Some(Phases::ALL)),
+            ("creat", None),
+            ("", None),
+        ] {
+            assert_eq!(Phases::parse(arg).ok(), want, "{arg:?}");
+        }
+    }
 }
