@@ -25,6 +25,13 @@ use kube::client::Body;
 
 /// How long to wait for a box to accept a connection before trying the next one.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an unused connection to a box stays open, and how many unused ones are kept.
+/// kube's own client keeps every connection a burst opened (no pool timer, no cap): 20
+/// pods starting at once left ~45 idle TLS connections in the agent for good, ~2 MiB of
+/// buffers and TLS state (heaptrack). The agent's steady traffic needs a few; watches
+/// hold their own connections and are not idle.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const POOL_MAX_IDLE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -120,7 +127,7 @@ impl Failover {
                 let url = cfg.cluster_url.to_string();
                 cfg.default_retry = false;
                 cfg.connect_timeout = Some(CONNECT_TIMEOUT);
-                kube::Client::try_from(cfg)
+                transport(cfg)
                     .map(|client| Server {
                         url: url.clone(),
                         client,
@@ -186,6 +193,38 @@ impl Failover {
             used = s.next;
         }
     }
+}
+
+/// A client of one box: the stack `kube::Client::try_from(cfg)` builds (base URI, auth,
+/// extra headers, rustls, kube's connect/read/write timeouts; retries are off here) over a
+/// connection pool that closes idle connections ([`POOL_IDLE_TIMEOUT`], [`POOL_MAX_IDLE`]).
+/// kube's HTTP tracing layer is left out (debug spans only).
+fn transport(cfg: kube::Config) -> Result<kube::Client, kube::Error> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    use kube::client::ConfigExt as _;
+    use tower::ServiceBuilder;
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let https = cfg.rustls_https_connector_with_connector(http)?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(cfg.connect_timeout);
+    connector.set_read_timeout(cfg.read_timeout);
+    connector.set_write_timeout(cfg.write_timeout);
+    connector.set_reset_reader_on_write(cfg.reset_reader_on_write);
+    let pool = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .build(connector);
+    let service = ServiceBuilder::new()
+        .layer(cfg.base_uri_layer())
+        .option_layer(cfg.auth_layer()?)
+        .layer(cfg.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(pool);
+    Ok(kube::Client::new(service, cfg.default_namespace))
 }
 
 impl tower::Service<Request<Body>> for Failover {
