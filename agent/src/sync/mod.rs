@@ -11,6 +11,7 @@
 //! probes; this module only carries things out. Each pod is handled by at most one task
 //! at a time, so a container waiting out its grace period never blocks other pods.
 
+pub mod idle;
 pub mod plan;
 pub mod probe;
 pub mod status;
@@ -19,6 +20,7 @@ pub mod volumes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +86,8 @@ pub struct Agent<I, R, N> {
     rerun: Mutex<HashSet<String>>,
     /// Wakes the loop before its next tick.
     wake: Arc<tokio::sync::Notify>,
+    /// A pod task acted or wrote a status since the loop last looked (see [`idle`]).
+    acted: AtomicBool,
 }
 
 fn container_ref(pod: &Pod, container: &str) -> ObjectReference {
@@ -174,6 +178,7 @@ where
             busy: Mutex::new(HashSet::new()),
             rerun: Mutex::new(HashSet::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            acted: AtomicBool::new(false),
         })
     }
 
@@ -226,7 +231,15 @@ where
             _ = store.wait_until_ready() => {}
             _ = &mut shutdown => { watch.abort(); return; }
         }
+        let mut idle = idle::Idle::default();
         loop {
+            // Work still running (a pull, a grace period) keeps the loop from being quiet.
+            let working = self.acted.swap(false, Ordering::Relaxed)
+                || !self.busy.lock().expect("busy lock").is_empty();
+            if idle.pass(working) {
+                let released = idle::trim_heap();
+                tracing::debug!(released, "heap trimmed after a burst of pod work");
+            }
             self.clone().sync_all(&store).await;
             tokio::select! {
                 _ = changed.notified() => {}
@@ -349,6 +362,9 @@ where
         let decided = plan::plan(pod, &seen, &health);
         let mut net = net;
         let acted = !decided.actions.is_empty();
+        if acted {
+            self.acted.store(true, Ordering::Relaxed);
+        }
         for action in decided.actions {
             self.execute(uid, pod, &mut net, &attempts, action).await;
         }
@@ -432,6 +448,7 @@ where
             .await
         {
             Ok(_) => {
+                self.acted.store(true, Ordering::Relaxed);
                 self.memos
                     .lock()
                     .expect("memo lock")
