@@ -129,6 +129,18 @@ impl Env {
     }
 
     /// `extra` are Container fields; `volumes` maps pod volume names to host paths.
+    /// A container with `tty: true` (in `extra`), with the terminal the sync loop asks
+    /// the runtime for.
+    fn tty_request(&mut self, name: &str, extra: serde_json::Value) -> StartRequest {
+        let mut req = self.request_with(name, extra, BTreeMap::new());
+        req.spec
+            .process_mut()
+            .as_mut()
+            .unwrap()
+            .set_terminal(Some(true));
+        req
+    }
+
     fn request_with(
         &mut self,
         name: &str,
@@ -790,17 +802,10 @@ async fn tty_container_is_attached_and_resized() {
     use kith_agent::runtime::pty::WinSize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut env = Env::new();
-    let mut req = env.request_with(
+    let req = env.tty_request(
         "term",
         json!({"command": ["sh"], "stdin": true, "tty": true}),
-        BTreeMap::new(),
     );
-    // What the sync loop does for `tty: true`.
-    req.spec
-        .process_mut()
-        .as_mut()
-        .unwrap()
-        .set_terminal(Some(true));
     let key = req.key.clone();
     env.rt.start(req).await.unwrap();
     let mut s = env.rt.attach(&key, true).await.unwrap();
@@ -1093,18 +1098,11 @@ async fn tty_stdin_once_ends_the_containers_input() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut env = Env::new();
     for (name, typed) in [("line", "hello\n"), ("partial", "abc")] {
-        let mut req = env.request_with(
+        let req = env.tty_request(
             name,
             json!({"command": ["sh", "-c", "cat; echo eof-seen"],
                    "stdin": true, "stdinOnce": true, "tty": true}),
-            BTreeMap::new(),
         );
-        // What the sync loop does for `tty: true`.
-        req.spec
-            .process_mut()
-            .as_mut()
-            .unwrap()
-            .set_terminal(Some(true));
         let key = req.key.clone();
         env.rt.start(req).await.unwrap();
         let mut s = env.rt.attach(&key, true).await.unwrap();

@@ -698,20 +698,28 @@ mod tests {
         shim.join().unwrap();
     }
 
-    /// A terminal client against a hub that holds a real pty: its sizes reach the
-    /// terminal, its stdin the slave side, and its end of stdin leaves the terminal open.
-    #[tokio::test]
-    async fn terminal_clients_resize_and_type() {
+    /// A hub holding the master of a real pty (as a shim of a `tty: true` container does),
+    /// polled by a thread until `stop` is set; the pty's master is the caller's to drop.
+    fn terminal_hub(
+        stdin_once: bool,
+    ) -> (
+        tempfile::TempDir,
+        nix::pty::OpenptyResult,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let pty = nix::pty::openpty(None, None).unwrap();
-        let master = pty.master;
-        let hub = Hub::bind(tmp.path(), Some(master.try_clone().unwrap()), false)
-            .unwrap()
-            .with_terminal(master.try_clone().unwrap());
+        let mut hub = Hub::bind(
+            tmp.path(),
+            Some(pty.master.try_clone().unwrap()),
+            stdin_once,
+        )
+        .unwrap()
+        .with_terminal(pty.master.try_clone().unwrap());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shim = {
             let stop = stop.clone();
-            let mut hub = hub;
             std::thread::spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     poll_once(&mut hub);
@@ -719,6 +727,15 @@ mod tests {
                 hub.finish(Duration::from_millis(100));
             })
         };
+        (tmp, pty, stop, shim)
+    }
+
+    /// A terminal client against a hub that holds a real pty: its sizes reach the
+    /// terminal, its stdin the slave side, and its end of stdin leaves the terminal open.
+    #[tokio::test]
+    async fn terminal_clients_resize_and_type() {
+        let (tmp, pty, stop, shim) = terminal_hub(false);
+        let master = pty.master;
         let mut s = connect(tmp.path(), true, true).await.unwrap();
         let resize = s.resize.take().expect("a terminal session takes sizes");
         resize.send(WinSize { cols: 99, rows: 33 }).await.unwrap();
@@ -753,23 +770,8 @@ mod tests {
     /// gets what was typed (a partial line) and then the end of input.
     #[tokio::test]
     async fn terminal_stdin_once_ends_input_with_eof() {
-        let tmp = tempfile::tempdir().unwrap();
-        let pty = nix::pty::openpty(None, None).unwrap();
+        let (tmp, pty, stop, shim) = terminal_hub(true);
         let master = pty.master;
-        let hub = Hub::bind(tmp.path(), Some(master.try_clone().unwrap()), true)
-            .unwrap()
-            .with_terminal(master.try_clone().unwrap());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let shim = {
-            let stop = stop.clone();
-            let mut hub = hub;
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    poll_once(&mut hub);
-                }
-                hub.finish(Duration::from_millis(100));
-            })
-        };
         let mut s = connect(tmp.path(), true, true).await.unwrap();
         let mut stdin = s.stdin.take().unwrap();
         stdin.write_all(b"no newline").await.unwrap();
