@@ -129,6 +129,16 @@ impl Env {
     }
 
     /// `extra` are Container fields; `volumes` maps pod volume names to host paths.
+    /// The Localhost seccomp profile `deny-mkdir.json`: mkdir and mkdirat fail with EPERM.
+    fn write_deny_mkdir_profile(&self) {
+        std::fs::write(
+            self.seccomp_dir.join("deny-mkdir.json"),
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+        )
+        .unwrap();
+    }
+
     /// A container with `tty: true` (in `extra`), with the terminal the sync loop asks
     /// the runtime for.
     fn tty_request(&mut self, name: &str, extra: serde_json::Value) -> StartRequest {
@@ -483,13 +493,7 @@ async fn exec_runs_in_the_container_with_stdio_and_exit_code() {
     let mut stdin = s.stdin.take().unwrap();
     stdin.write_all(b"piped input\n").await.unwrap();
     drop(stdin);
-    let (mut out, mut err) = (String::new(), String::new());
-    let (a, b) = tokio::join!(
-        s.stdout.read_to_string(&mut out),
-        s.stderr.read_to_string(&mut err)
-    );
-    a.unwrap();
-    b.unwrap();
+    let (out, err) = read_out_and_err(&mut s).await;
     assert_eq!(s.exit_code.await.unwrap(), 5);
     // The hostname proves the process runs in the container's UTS namespace.
     assert_eq!(out, "out\npiped input\np\n");
@@ -625,13 +629,7 @@ async fn attach_forwards_stdin_and_streams_live_output() {
     let mut stdin = s.stdin.take().unwrap();
     stdin.write_all(b"hello\n").await.unwrap();
     stdin.shutdown().await.unwrap();
-    let (mut out, mut err) = (String::new(), String::new());
-    let (a, b) = tokio::join!(
-        s.stdout.read_to_string(&mut out),
-        s.stderr.read_to_string(&mut err)
-    );
-    a.unwrap();
-    b.unwrap();
+    let (out, err) = read_out_and_err(&mut s).await;
     assert_eq!((out.as_str(), err.as_str()), ("got hello\n", "bye\n"));
     assert_eq!(s.exit_code.await.unwrap(), 0);
     let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
@@ -720,12 +718,7 @@ async fn spec_rules_hold_inside_a_real_container() {
 #[tokio::test]
 async fn seccomp_profiles_apply_to_the_container() {
     let mut env = Env::new();
-    std::fs::write(
-        env.seccomp_dir.join("deny-mkdir.json"),
-        r#"{"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
-    )
-    .unwrap();
+    env.write_deny_mkdir_profile();
     let script = "grep Seccomp: /proc/self/status; unshare -U true; echo unshare=$?; \
                   mkdir /tmp/x; echo mkdir=$?";
     let cases = [
@@ -949,7 +942,6 @@ async fn exec_with_a_tty() {
 /// returns its output (a terminal's CR LF as LF) once it exited with 0.
 async fn exec_output(env: &Env, key: &ContainerKey, script: &str, tty: bool) -> String {
     use kith_agent::runtime::ExecRequest;
-    use tokio::io::AsyncReadExt;
     let mut s = env
         .rt
         .exec(
@@ -963,13 +955,7 @@ async fn exec_output(env: &Env, key: &ContainerKey, script: &str, tty: bool) -> 
         )
         .await
         .unwrap();
-    let (mut out, mut err) = (String::new(), String::new());
-    let (a, b) = tokio::join!(
-        s.stdout.read_to_string(&mut out),
-        s.stderr.read_to_string(&mut err)
-    );
-    a.unwrap();
-    b.unwrap();
+    let (out, err) = read_out_and_err(&mut s).await;
     let code = s.exit_code.await.unwrap();
     let out = out.replace("\r\n", "\n");
     assert_eq!(code, 0, "{key:?} tty={tty}: {out}{err}");
@@ -977,6 +963,19 @@ async fn exec_output(env: &Env, key: &ContainerKey, script: &str, tty: bool) -> 
 }
 
 /// The lines of `text` that start with one of `prefixes`.
+/// An exec session's whole stdout and stderr, read together (either may fill first).
+async fn read_out_and_err(s: &mut kith_agent::runtime::ExecSession) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let (mut out, mut err) = (String::new(), String::new());
+    let (a, b) = tokio::join!(
+        s.stdout.read_to_string(&mut out),
+        s.stderr.read_to_string(&mut err)
+    );
+    a.unwrap();
+    b.unwrap();
+    (out, err)
+}
+
 fn lines_with<'a>(text: &'a str, prefixes: &[&str]) -> Vec<&'a str> {
     text.lines()
         .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
@@ -989,12 +988,7 @@ fn lines_with<'a>(text: &'a str, prefixes: &[&str]) -> Vec<&'a str> {
 #[tokio::test]
 async fn exec_runs_under_the_containers_seccomp_filter_and_settings() {
     let mut env = Env::new();
-    std::fs::write(
-        env.seccomp_dir.join("deny-mkdir.json"),
-        r#"{"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
-    )
-    .unwrap();
+    env.write_deny_mkdir_profile();
     let cases = [
         (
             "default",
