@@ -467,7 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // image store, stats reads); tokio's default of up to 512 blocking threads
             // let 20 pods starting at once spawn ~30, each with its own stack and malloc
             // arena, alive 10 s after the burst. Eight keep a 2-core box busy.
-            one_malloc_arena();
+            kith_agent::sync::idle::one_malloc_arena();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .max_blocking_threads(8)
@@ -608,26 +608,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
-
-/// Makes glibc serve every thread of this process from one malloc arena (glibc's default
-/// is up to 8 per core, one per thread that allocates). The agent's heap is small (~2 MB
-/// live with 20 pods) and its threads mostly wait, so per-thread arenas cost more memory
-/// than the contention they save: measured with `MALLOC_ARENA_MAX=1`, the agent with 5 pods
-/// used 22.34 instead of 23.09 MiB (kith-agent-bench --quick, side by side).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn one_malloc_arena() {
-    // SAFETY: mallopt takes two integers and changes glibc's allocator settings under its
-    // own lock; called before the runtime starts its threads.
-    let ok = unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
-    if ok != 1 {
-        tracing::debug!("mallopt(M_ARENA_MAX, 1) refused");
-    }
-}
-
-/// Other allocators keep their own arenas.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn one_malloc_arena() {}
 
 #[cfg(test)]
 mod tests {

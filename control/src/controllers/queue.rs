@@ -150,16 +150,19 @@ where
         F: Future<Output = Result<Action, E>> + Send + 'static,
     {
         let name = self.name;
-        let metrics = crate::metrics::control();
+        let (depth_gauge, adds) = crate::metrics::control().workqueue(name);
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let depth = |p: &Pending| metrics.queue_depth(name, p.len());
+        let depth = move |p: &Pending| {
+            depth_gauge.set(p.len() as i64);
+        };
         let added = Arc::clone(&pending);
+        let (queued_depth, started_depth, gone_depth) = (depth.clone(), depth.clone(), depth);
         let queue = self.triggers.inspect_ok(move |req| {
             let mut p = added.lock().unwrap_or_else(|e| e.into_inner());
             if p.add(key_of(&req.obj_ref)) {
-                metrics.queue_added(name);
+                adds.inc();
             }
-            depth(&p);
+            queued_depth(&p);
         });
         let started = Arc::clone(&pending);
         let reconciler = move |obj: Arc<K>, ctx: Arc<Ctx>| {
@@ -169,7 +172,7 @@ where
             );
             let mut p = started.lock().unwrap_or_else(|e| e.into_inner());
             p.take(&key);
-            depth(&p);
+            started_depth(&p);
             drop(p);
             Box::pin(reconcile(obj, ctx)) as Pin<Box<dyn Future<Output = Result<Action, E>> + Send>>
         };
@@ -187,7 +190,7 @@ where
             if let Err(ControllerError::ObjectNotFound(gone)) = &result {
                 let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
                 p.take(&(gone.namespace.clone(), gone.name.clone()));
-                depth(&p);
+                gone_depth(&p);
             }
             count(result)
         })

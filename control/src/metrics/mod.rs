@@ -152,20 +152,16 @@ impl ControlMetrics {
         }
     }
 
-    /// How many objects wait in `controller`'s work queue now.
-    pub fn queue_depth(&self, controller: &str, depth: usize) {
+    /// `controller`'s work queue series (`workqueue_depth`, `workqueue_adds_total`),
+    /// looked up once: the queue updates them on every trigger.
+    pub fn workqueue(&self, controller: &str) -> (Gauge, Counter) {
         let labels = WorkqueueLabels {
             name: controller.to_string(),
         };
-        self.queue_depth.get_or_create(&labels).set(depth as i64);
-    }
-
-    /// An object entered `controller`'s work queue (it was not already waiting).
-    pub fn queue_added(&self, controller: &str) {
-        let labels = WorkqueueLabels {
-            name: controller.to_string(),
-        };
-        self.queue_adds.get_or_create(&labels).inc();
+        (
+            self.queue_depth.get_or_create(&labels).clone(),
+            self.queue_adds.get_or_create(&labels).clone(),
+        )
     }
 
     /// Passes of `controller` so far, and how many failed.
