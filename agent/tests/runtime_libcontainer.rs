@@ -938,6 +938,44 @@ async fn exec_with_a_tty() {
     }
 }
 
+/// `kubectl exec -it` whose input ends (its stdin stream closed): the command on the
+/// terminal reads the end of input, after a full line and after a partial one.
+#[tokio::test]
+async fn exec_tty_input_end_reaches_the_command() {
+    use kith_agent::runtime::ExecRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = Env::new();
+    let req = env.request("target", &["sleep", "1000"], json!({}));
+    let key = req.key.clone();
+    env.rt.start(req).await.unwrap();
+    for typed in ["hello\n", "abc"] {
+        let mut s = env
+            .rt
+            .exec(
+                &key,
+                ExecRequest {
+                    command: vec!["sh".into(), "-c".into(), "cat; echo eof-seen".into()],
+                    tty: true,
+                    stdin: true,
+                    timeout: None,
+                },
+            )
+            .await
+            .unwrap();
+        let mut stdin = s.stdin.take().unwrap();
+        stdin.write_all(typed.as_bytes()).await.unwrap();
+        stdin.shutdown().await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_string(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("{typed:?}: the command still reads: {out:?}"))
+            .unwrap();
+        assert!(out.contains("eof-seen"), "{typed:?}: {out:?}");
+        assert!(out.contains(typed.trim_end()), "{typed:?}: {out:?}");
+        assert_eq!(s.exit_code.await.unwrap(), 0, "{typed:?}: {out:?}");
+    }
+}
+
 /// Runs `sh -c script` in the container through `exec` (with or without a terminal) and
 /// returns its output (a terminal's CR LF as LF) once it exited with 0.
 async fn exec_output(env: &Env, key: &ContainerKey, script: &str, tty: bool) -> String {

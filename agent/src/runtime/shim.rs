@@ -652,6 +652,10 @@ fn relay_terminal(pid: Pid, master: OwnedFd) -> nix::Result<WaitStatus> {
     let mut reading_stdin = true;
     let mut master_open = true;
     let mut pending: Vec<u8> = Vec::new();
+    // The last byte typed, and whether the session ended its input (kubectl's close of
+    // stdin): a terminal cannot be closed for input alone, so its end is typed instead.
+    let mut last_input: Option<u8> = None;
+    let mut input_ended = false;
     let mut exited: Option<WaitStatus> = None;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -709,14 +713,25 @@ fn relay_terminal(pid: Pid, master: OwnedFd) -> nix::Result<WaitStatus> {
                 Ok(n) => {
                     for (kind, body) in decoder.push(&buf[..n]) {
                         match kind {
-                            attach::IN_STDIN => pending.extend_from_slice(&body),
+                            attach::IN_STDIN if !input_ended => {
+                                last_input = body.last().copied().or(last_input);
+                                pending.extend_from_slice(&body);
+                            }
                             attach::IN_RESIZE => {
                                 if let Some(size) = WinSize::from_bytes(&body) {
                                     let _ = pty::set_size(master.as_fd(), size);
                                 }
                             }
-                            // A terminal has no end of input to pass on: the process
-                            // ends when its user says so (exit, ^D).
+                            // The client ended its input: type what ends input on this
+                            // terminal (^D, as a user would; nothing in raw mode), after
+                            // what it typed, as an attach with stdinOnce does.
+                            attach::IN_CLOSE if !input_ended => {
+                                input_ended = true;
+                                if let Ok(keys) = pty::end_of_input_for(master.as_fd(), last_input)
+                                {
+                                    pending.extend_from_slice(&keys);
+                                }
+                            }
                             _ => {}
                         }
                     }
