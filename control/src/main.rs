@@ -438,6 +438,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seccomp_default,
             image_gc,
         } => {
+            // First, before any thread or side effect: this may execute the process anew.
+            if let Err(e) = kith_agent::sync::idle::run_with_agent_tunables() {
+                tracing::warn!(%e, "could not restart with the agent's allocator settings; going on with glibc's defaults");
+            }
             up::preflight(&up::HostFacts::read())?;
             let node_name = node_name_or_hostname(node_name)?;
             let kubeconfig = data_dir.join("kubeconfig");
@@ -467,7 +471,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // image store, stats reads); tokio's default of up to 512 blocking threads
             // let 20 pods starting at once spawn ~30, each with its own stack and malloc
             // arena, alive 10 s after the burst. Eight keep a 2-core box busy.
-            kith_agent::sync::idle::one_malloc_arena();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .max_blocking_threads(8)

@@ -103,6 +103,22 @@ async fn agent_joins_with_a_token_and_runs_pods() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // The agent runs with its allocator settings: it executed itself again with them,
+    // keeping its PID.
+    let pid = agent.pid().context("the agent exited")?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    let tunables = String::from_utf8_lossy(&environ)
+        .split('\0')
+        .find_map(|v| v.strip_prefix("GLIBC_TUNABLES=").map(str::to_owned));
+    let tunables = tunables.context("the agent runs without GLIBC_TUNABLES")?;
+    // glibc (2.36) applies every pair but cuts the string it was started with after the
+    // first one, which is what /proc shows; the first pair is the agent's first tunable.
+    let (name, value) = kith_agent::sync::idle::AGENT_TUNABLES[0];
+    assert_eq!(
+        tunables.split(':').next(),
+        Some(format!("{name}={value}").as_str()),
+        "{tunables}"
+    );
     let kubeconfig = std::fs::metadata(dir.join("kubeconfig"))?;
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(kubeconfig.permissions().mode() & 0o777, 0o600);
