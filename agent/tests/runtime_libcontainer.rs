@@ -943,7 +943,6 @@ async fn exec_with_a_tty() {
 #[tokio::test]
 async fn exec_tty_input_end_reaches_the_command() {
     use kith_agent::runtime::ExecRequest;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut env = Env::new();
     let req = env.request("target", &["sleep", "1000"], json!({}));
     let key = req.key.clone();
@@ -962,15 +961,7 @@ async fn exec_tty_input_end_reaches_the_command() {
             )
             .await
             .unwrap();
-        let mut stdin = s.stdin.take().unwrap();
-        stdin.write_all(typed.as_bytes()).await.unwrap();
-        stdin.shutdown().await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_string(&mut out))
-            .await
-            .unwrap_or_else(|_| panic!("{typed:?}: the command still reads: {out:?}"))
-            .unwrap();
-        assert!(out.contains("eof-seen"), "{typed:?}: {out:?}");
+        let out = type_then_end_input(&mut s, typed).await;
         assert!(out.contains(typed.trim_end()), "{typed:?}: {out:?}");
         assert_eq!(s.exit_code.await.unwrap(), 0, "{typed:?}: {out:?}");
     }
@@ -1122,12 +1113,27 @@ async fn exec_runs_under_the_containers_seccomp_filter_and_settings() {
     }
 }
 
+/// Types `typed` into a terminal session running `cat; echo eof-seen`, ends its input
+/// and returns all it printed, once it printed that it saw the end of input.
+async fn type_then_end_input(s: &mut kith_agent::runtime::ExecSession, typed: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stdin = s.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_string(&mut out))
+        .await
+        .unwrap_or_else(|_| panic!("{typed:?}: the command still reads: {out:?}"))
+        .unwrap();
+    assert!(out.contains("eof-seen"), "{typed:?}: {out:?}");
+    out
+}
+
 /// `stdinOnce` with `tty: true`: when the one attach session ends its input, the
 /// container's `cat` reads to the end of input and exits — after a whole line and after
 /// a partial one.
 #[tokio::test]
 async fn tty_stdin_once_ends_the_containers_input() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut env = Env::new();
     for (name, typed) in [("line", "hello\n"), ("partial", "abc")] {
         let req = env.tty_request(
@@ -1138,15 +1144,7 @@ async fn tty_stdin_once_ends_the_containers_input() {
         let key = req.key.clone();
         env.rt.start(req).await.unwrap();
         let mut s = env.rt.attach(&key, true).await.unwrap();
-        let mut stdin = s.stdin.take().unwrap();
-        stdin.write_all(typed.as_bytes()).await.unwrap();
-        stdin.shutdown().await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(20), s.stdout.read_to_string(&mut out))
-            .await
-            .unwrap_or_else(|_| panic!("{name}: the container still reads: {out:?}"))
-            .unwrap();
-        assert!(out.contains("eof-seen"), "{name}: {out:?}");
+        type_then_end_input(&mut s, typed).await;
         let (code, _, _) = exited(&env.wait_exited(&key, Duration::from_secs(10)).await);
         assert_eq!(code, 0, "{name}: {}", env.log(name));
         let log = env.log(name);
