@@ -477,7 +477,7 @@ impl<S: ObjectStore> Api<S> {
                 &name,
                 WriteOp::Create {
                     key: self.key(kind, r.namespace.as_deref(), &name),
-                    object: obj,
+                    object: obj.into(),
                 },
             )
             .await?
@@ -649,7 +649,7 @@ impl<S: ObjectStore> Api<S> {
         } else {
             WriteOp::Update {
                 key,
-                object: obj2,
+                object: obj2.into(),
                 expect,
             }
         };
@@ -909,7 +909,7 @@ impl<S: ObjectStore> Api<S> {
                 .store
                 .write(WriteOp::Update {
                     key,
-                    object: obj,
+                    object: obj.into(),
                     expect,
                 })
                 .await
@@ -1031,7 +1031,7 @@ impl<S: ObjectStore> Api<S> {
             }
             WriteOp::Update {
                 key,
-                object: obj,
+                object: obj.into(),
                 expect,
             }
         } else if kind.kind == "Pod"
@@ -1066,7 +1066,7 @@ impl<S: ObjectStore> Api<S> {
             }
             WriteOp::Update {
                 key,
-                object: obj,
+                object: obj.into(),
                 expect,
             }
         } else if !finalizers.is_empty() {
@@ -1081,7 +1081,7 @@ impl<S: ObjectStore> Api<S> {
             }
             WriteOp::Update {
                 key,
-                object: obj,
+                object: obj.into(),
                 expect,
             }
         } else {
@@ -1089,7 +1089,7 @@ impl<S: ObjectStore> Api<S> {
         };
         if q.dry_run || opts.dry_run {
             return Ok(Reply::ok(match op {
-                WriteOp::Update { object, .. } => object,
+                WriteOp::Update { object, .. } => parse_stored(object.as_bytes())?,
                 _ => old,
             }));
         }

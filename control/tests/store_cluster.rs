@@ -23,7 +23,7 @@ fn key(name: &str) -> ObjectKey {
 fn create(name: &str) -> WriteOp {
     WriteOp::Create {
         key: key(name),
-        object: json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}}),
+        object: json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}}).into(),
     }
 }
 
@@ -176,7 +176,7 @@ async fn three_nodes_replicate_and_elect_a_new_leader() {
     // Preconditions hold through forwarding: a stale resourceVersion is a conflict.
     let stale = WriteOp::Update {
         key: key("first-1"),
-        object: json!({"metadata": {"name": "first-1", "namespace": "default", "uid": "uid-first-1", "resourceVersion": "1"}}),
+        object: json!({"metadata": {"name": "first-1", "namespace": "default", "uid": "uid-first-1", "resourceVersion": "1"}}).into(),
         expect: Precondition {
             resource_version: Some(1),
             uid: None,

@@ -112,7 +112,7 @@ async fn concurrent_writers_share_entries_and_fsyncs() {
                 let name = format!("w{w}-{i}");
                 let op = WriteOp::Create {
                     key: ObjectKey::new(Resource::new("", "configmaps"), "default", &name),
-                    object: json!({"metadata": {"name": name, "namespace": "default"}, "data": {"k": "v"}}),
+                    object: json!({"metadata": {"name": name, "namespace": "default"}, "data": {"k": "v"}}).into(),
                 };
                 let b = store.write(op).await.expect("write");
                 revs.push(rv(&b));

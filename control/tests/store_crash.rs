@@ -63,7 +63,7 @@ async fn crash_writer_child() {
                 let name = format!("r{round}-w{w}-{i}");
                 let op = WriteOp::Create {
                     key: key(&name),
-                    object: json!({"metadata": {"name": name, "namespace": "default"}}),
+                    object: json!({"metadata": {"name": name, "namespace": "default"}}).into(),
                 };
                 let b = store.write(op).await.expect("child write");
                 // One write per line, flushed at once: what reached the pipe was acked.

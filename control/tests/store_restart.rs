@@ -48,7 +48,7 @@ async fn write_some(store: &RaftStore, prefix: &str, n: usize) -> BTreeMap<Strin
         let b = store
             .write(WriteOp::Create {
                 key: key(&name),
-                object: object(&name, "1"),
+                object: object(&name, "1").into(),
             })
             .await
             .expect("create");
@@ -60,7 +60,7 @@ async fn write_some(store: &RaftStore, prefix: &str, n: usize) -> BTreeMap<Strin
         let b = store
             .write(WriteOp::Update {
                 key: key(&name),
-                object: object(&name, "2"),
+                object: object(&name, "2").into(),
                 expect: Precondition {
                     resource_version: Some(prev),
                     uid: None,
@@ -152,7 +152,7 @@ async fn restart_keeps_objects_versions_and_revision() {
     let b = store
         .write(WriteOp::Create {
             key: key("after"),
-            object: object("after", "1"),
+            object: object("after", "1").into(),
         })
         .await
         .expect("create after restart");
@@ -225,7 +225,7 @@ async fn restart_from_snapshot_after_log_purge() {
     let b = store
         .write(WriteOp::Create {
             key: key("after"),
-            object: object("after", "1"),
+            object: object("after", "1").into(),
         })
         .await
         .expect("create after restart");

@@ -147,6 +147,48 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_secs_f64(total as f64 / per_sec as f64))
 }
 
+/// CPU time (user + system) the named processes used during the measured window of a
+/// [`Limit::Time`] load started now: read after `warmup`, and again `measure` later.
+/// Processes sharing a name are summed; one that cannot be read at either end (gone) is
+/// left out.
+pub async fn cpu_during(
+    procs: Vec<(String, u32)>,
+    warmup: Duration,
+    measure: Duration,
+) -> BTreeMap<String, Duration> {
+    tokio::time::sleep(warmup).await;
+    let before: Vec<_> = procs
+        .into_iter()
+        .filter_map(|(name, pid)| Some((name, pid, cpu_time(pid).ok()?)))
+        .collect();
+    tokio::time::sleep(measure).await;
+    let mut used = BTreeMap::<String, Duration>::new();
+    for (name, pid, b) in before {
+        if let Ok(after) = cpu_time(pid) {
+            *used.entry(name).or_default() += after.saturating_sub(b);
+        }
+    }
+    used
+}
+
+/// CPU microseconds per successful write, by the names of `cpu` (as [`cpu_during`] gives
+/// them), plus their `total`; 0 for all when no write succeeded.
+pub fn cpu_us_per_write(cpu: &BTreeMap<String, Duration>, writes: u64) -> Map<String, Value> {
+    let per = |d: Duration| {
+        if writes == 0 {
+            0.0
+        } else {
+            round(d.as_secs_f64() * 1e6 / writes as f64)
+        }
+    };
+    let mut out: Map<String, Value> = cpu
+        .iter()
+        .map(|(k, d)| (k.clone(), json!(per(*d))))
+        .collect();
+    out.insert("total".into(), json!(per(cpu.values().sum())));
+    out
+}
+
 /// The pid of the `kith up` serving `data_dir` (the harness keeps its child private).
 pub fn kith_pid(data_dir: &Path) -> Result<u32> {
     let want = data_dir.as_os_str().as_encoded_bytes();

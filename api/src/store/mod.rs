@@ -13,6 +13,7 @@
 //! rejected request never reaches the log.
 
 pub mod memory;
+pub mod object;
 pub mod state;
 #[cfg(any(test, feature = "test-util"))]
 pub mod suite;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use object::ObjectJson;
 pub use state::{State, WatchHub, WatchStream};
 
 /// A kind of object as the store sees it: API group and plural resource name.
@@ -67,16 +69,17 @@ pub struct Precondition {
 }
 
 /// One write, as proposed to the log. Objects arrive complete (uid, timestamps, generation
-/// set by the API layer), so applying a write is deterministic on every replica.
+/// set by the API layer), so applying a write is deterministic on every replica. They
+/// travel as JSON text ([`ObjectJson`]): the log, the peers and the leader only carry them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     Create {
         key: ObjectKey,
-        object: serde_json::Value,
+        object: ObjectJson,
     },
     Update {
         key: ObjectKey,
-        object: serde_json::Value,
+        object: ObjectJson,
         expect: Precondition,
     },
     Delete {

@@ -14,13 +14,14 @@
 //! When a snapshot replaces the whole state, the events between the old state and the
 //! snapshot are never seen here, so every live watcher ends with `Expired` and relists.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use serde_json::Value;
 use tokio::sync::broadcast;
 
+use super::object::stamp;
 use super::{
     EventType, Listing, ObjectKey, Precondition, Resource, Result, StoreError, StoreEvent, Watch,
     WatchFrom, WriteOp,
@@ -99,16 +100,18 @@ impl State {
     pub fn apply(&mut self, index: u64, op: WriteOp) -> (Result<Bytes>, Option<StoreEvent>) {
         self.advance(index);
         match op {
+            // One search of the map per write (`entry`): with many objects each search is a
+            // few dozen key comparisons, each chasing pointers to the key's strings.
             WriteOp::Create { key, object } => {
-                if self.objects.contains_key(&key) {
+                let key = Arc::new(key);
+                let Entry::Vacant(slot) = self.objects.entry(key.clone()) else {
                     return (Err(StoreError::AlreadyExists), None);
-                }
-                let json = match stamp(object, index) {
+                };
+                let json = match stamp(object.as_bytes(), index) {
                     Ok(j) => j,
                     Err(e) => return (Err(e), None),
                 };
-                let key = Arc::new(key);
-                self.objects.insert(key.clone(), json.clone());
+                slot.insert(json.clone());
                 let ev = StoreEvent {
                     revision: index,
                     kind: EventType::Added,
@@ -123,21 +126,20 @@ impl State {
                 object,
                 expect,
             } => {
-                let Some((key, prev)) = self
-                    .objects
-                    .get_key_value(&key)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                else {
+                let Entry::Occupied(mut slot) = self.objects.entry(Arc::new(key)) else {
                     return (Err(StoreError::NotFound), None);
                 };
+                // The stored key: the events share it with the map.
+                let key = slot.key().clone();
+                let prev = slot.get().clone();
                 if let Err(e) = check(&prev, &expect) {
                     return (Err(e), None);
                 }
-                let json = match stamp(object, index) {
+                let json = match stamp(object.as_bytes(), index) {
                     Ok(j) => j,
                     Err(e) => return (Err(e), None),
                 };
-                self.objects.insert(key.clone(), json.clone());
+                slot.insert(json.clone());
                 let ev = StoreEvent {
                     revision: index,
                     kind: EventType::Modified,
@@ -148,19 +150,14 @@ impl State {
                 (Ok(json), Some(ev))
             }
             WriteOp::Delete { key, expect } => {
-                let Some(prev) = self.objects.get(&key).cloned() else {
+                let Entry::Occupied(slot) = self.objects.entry(Arc::new(key)) else {
                     return (Err(StoreError::NotFound), None);
                 };
-                if let Err(e) = check(&prev, &expect) {
+                if let Err(e) = check(slot.get(), &expect) {
                     return (Err(e), None);
                 }
-                let Some((key, _)) = self.objects.remove_entry(&key) else {
-                    return (Err(StoreError::NotFound), None);
-                };
-                let last = match serde_json::from_slice(&prev)
-                    .map_err(|e| StoreError::Internal(format!("stored object is not JSON: {e}")))
-                    .and_then(|v| stamp(v, index))
-                {
+                let (key, prev) = slot.remove_entry();
+                let last = match stamp(&prev, index) {
                     Ok(j) => j,
                     Err(e) => return (Err(e), None),
                 };
@@ -175,27 +172,6 @@ impl State {
             }
         }
     }
-}
-
-/// Set `metadata.resourceVersion` to the write's revision and serialize.
-fn stamp(mut object: Value, revision: u64) -> Result<Bytes> {
-    let meta = object
-        .as_object_mut()
-        .ok_or_else(|| StoreError::Internal("object is not a JSON object".into()))?
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Default::default()));
-    let meta = meta
-        .as_object_mut()
-        .ok_or_else(|| StoreError::Internal("metadata is not a JSON object".into()))?;
-    meta.insert(
-        "resourceVersion".into(),
-        Value::String(revision.to_string()),
-    );
-    let mut json = serde_json::to_vec(&object).map_err(|e| StoreError::Internal(e.to_string()))?;
-    // The state keeps these bytes for the object's whole life; the serializer's amortized
-    // growth leaves up to half of the buffer unused.
-    json.shrink_to_fit();
-    Ok(Bytes::from(json))
 }
 
 /// The resourceVersion and uid stored in an object's metadata.
@@ -520,7 +496,7 @@ mod tests {
     fn create(name: &str) -> WriteOp {
         WriteOp::Create {
             key: cm(name),
-            object: json!({"metadata": {"name": name}}),
+            object: json!({"metadata": {"name": name}}).into(),
         }
     }
 
@@ -534,7 +510,7 @@ mod tests {
         assert!(Arc::ptr_eq(&created.key, &key));
         let update = WriteOp::Update {
             key: cm("a"),
-            object: json!({"metadata": {"name": "a"}, "data": {"k": "v"}}),
+            object: json!({"metadata": {"name": "a"}, "data": {"k": "v"}}).into(),
             expect: Precondition::default(),
         };
         let (_, updated) = state.apply(2, update);

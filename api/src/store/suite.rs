@@ -46,7 +46,7 @@ async fn create<S: ObjectStore>(
 ) -> Result<bytes::Bytes, StoreError> {
     s.write(WriteOp::Create {
         key: key(ns, name),
-        object: obj(ns, name, data),
+        object: obj(ns, name, data).into(),
     })
     .await
 }
@@ -114,7 +114,7 @@ pub async fn update_with_stale_version_conflicts<S: ObjectStore>(s: S) {
     let second = s
         .write(WriteOp::Update {
             key: key("default", "a"),
-            object: obj("default", "a", "2"),
+            object: obj("default", "a", "2").into(),
             expect: Precondition {
                 resource_version: Some(first),
                 uid: None,
@@ -126,7 +126,7 @@ pub async fn update_with_stale_version_conflicts<S: ObjectStore>(s: S) {
     let stale = s
         .write(WriteOp::Update {
             key: key("default", "a"),
-            object: obj("default", "a", "3"),
+            object: obj("default", "a", "3").into(),
             expect: Precondition {
                 resource_version: Some(first),
                 uid: None,
@@ -145,7 +145,7 @@ pub async fn update_with_stale_version_conflicts<S: ObjectStore>(s: S) {
     let unconditional = s
         .write(WriteOp::Update {
             key: key("default", "a"),
-            object: obj("default", "a", "4"),
+            object: obj("default", "a", "4").into(),
             expect: Precondition::default(),
         })
         .await
@@ -157,7 +157,7 @@ pub async fn update_or_delete_of_missing_is_not_found<S: ObjectStore>(s: S) {
     let up = s
         .write(WriteOp::Update {
             key: key("default", "nope"),
-            object: obj("default", "nope", "1"),
+            object: obj("default", "nope", "1").into(),
             expect: Precondition::default(),
         })
         .await;
@@ -230,7 +230,7 @@ pub async fn list_filters_by_resource_and_namespace<S: ObjectStore>(s: S) {
     create(&s, "a", "x", "1").await.expect("create");
     s.write(WriteOp::Create {
         key: ObjectKey::new(Resource::new("", "secrets"), "a", "s"),
-        object: obj("a", "s", "1"),
+        object: obj("a", "s", "1").into(),
     })
     .await
     .expect("create secret");
@@ -278,7 +278,7 @@ pub async fn watch_from_revision_replays_in_order<S: ObjectStore>(s: S) {
     create(&s, "default", "a", "1").await.expect("create");
     s.write(WriteOp::Create {
         key: ObjectKey::new(Resource::new("", "secrets"), "default", "s"),
-        object: obj("default", "s", "1"),
+        object: obj("default", "s", "1").into(),
     })
     .await
     .expect("create other resource");
@@ -292,7 +292,7 @@ pub async fn watch_from_revision_replays_in_order<S: ObjectStore>(s: S) {
     // Live events follow the replayed ones without a gap.
     s.write(WriteOp::Update {
         key: key("default", "a"),
-        object: obj("default", "a", "2"),
+        object: obj("default", "a", "2").into(),
         expect: Precondition::default(),
     })
     .await

@@ -2,15 +2,19 @@
 //! written by one thread that turns every queued write into ONE transaction and ONE fsync.
 //!
 //! ```text
-//!  RaftCore ─append(entries, cb)──▶ pending map ──(readable at once)
+//!  RaftCore ─append(entries, cb)──▶ tail map ──(readable at once)
 //!     │     ─save_vote / truncate / purge (wait for the commit)
 //!     │     ─save_committed (no wait)                        │ mpsc, in call order
 //!     │                                                      ▼
 //!     │                        writer thread: drain the queue → one redb txn → commit
-//!     │                        (Immediate) → drop flushed entries from pending
+//!     │                        (Immediate) → keep the newest flushed entries in the tail
 //!     └◀──── LogFlushed for every append in the batch ────────┘
-//!  LogReader (replication, startup) ── pending map, then redb ──▶ entries
+//!  LogReader (replication, apply, startup) ── tail map, then redb ──▶ entries
 //! ```
+//!
+//! The tail keeps the newest durable entries too (up to `TAIL_KEPT_BYTES` of them):
+//! right after an entry is flushed, replication to each follower and the state machine
+//! read it again, and reading it from redb would decode it once per reader.
 //!
 //! Everything queued while a commit is in flight goes into the next one, so queued writes
 //! share an fsync (group commit), and the committed pointer rides along with them instead
@@ -24,7 +28,7 @@
 //! per batch of writes), and the grouping here covers what openraft does queue together
 //! (votes, purges, committed pointers with appends; openraft 0.10's non-blocking log IO).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -54,6 +58,10 @@ const MAX_BATCH: usize = 4096;
 /// How long a committed pointer waits for a batch to ride along with before it is written
 /// alone. Losing it (crash) only means less replay at restart; the leader re-commits.
 const COMMITTED_IDLE: Duration = Duration::from_millis(20);
+/// Encoded bytes of durable entries the tail keeps in memory for the readers that come
+/// right after the flush (replication, apply). Entries carry up to `batch::MAX_BATCH`
+/// writes, so the bound is in bytes, not entries.
+const TAIL_KEPT_BYTES: usize = 2 * 1024 * 1024;
 /// redb's page cache; the log is read back rarely (replication catch-up, startup), and an
 /// idle edge box should not keep tens of MB of log pages resident.
 const CACHE_BYTES: usize = 1024 * 1024;
@@ -137,12 +145,62 @@ impl LogStats {
 /// State shared by the log store, its readers and the writer thread.
 struct Inner {
     db: TrackedDb,
-    /// Appended but not yet committed to redb, keyed by index.
-    pending: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// Appended entries not yet committed to redb, and the newest committed ones.
+    tail: Mutex<Tail>,
     last_purged: Mutex<Option<LogId<NodeId>>>,
     committed: Mutex<Option<LogId<NodeId>>>,
     vote: Mutex<Option<Vote<NodeId>>>,
     stats: Arc<LogStats>,
+}
+
+/// The newest entries of the log in memory: every appended entry until it is durable,
+/// and after that as long as the durable ones kept stay under a byte budget.
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The durable entries still in `entries`, oldest first, with their encoded size.
+    kept: VecDeque<(LogId<NodeId>, usize)>,
+    kept_bytes: usize,
+}
+
+impl Tail {
+    /// `flushed` (log id, encoded bytes) are durable now: keep them while the durable ones
+    /// kept fit in `budget` bytes, dropping the oldest first.
+    fn flushed(&mut self, flushed: &[(LogId<NodeId>, Vec<u8>)], budget: usize) {
+        for (id, bytes) in flushed {
+            // A truncate may have replaced this index meanwhile; that entry is not durable.
+            if self.entries.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                self.kept.push_back((*id, bytes.len()));
+                self.kept_bytes += bytes.len();
+            }
+        }
+        while self.kept_bytes > budget {
+            let Some((id, size)) = self.kept.pop_front() else {
+                break;
+            };
+            self.kept_bytes -= size;
+            if self.entries.get(&id.index).is_some_and(|e| e.log_id == id) {
+                self.entries.remove(&id.index);
+            }
+        }
+    }
+
+    /// Forget entries from `since` on.
+    fn truncate(&mut self, since: u64) {
+        drop(self.entries.split_off(&since));
+        self.retain_kept(|index| index < since);
+    }
+
+    /// Forget entries up to `upto`.
+    fn purge(&mut self, upto: u64) {
+        self.entries = self.entries.split_off(&(upto + 1));
+        self.retain_kept(|index| index > upto);
+    }
+
+    fn retain_kept(&mut self, keep: impl Fn(u64) -> bool) {
+        self.kept.retain(|(id, _)| keep(id.index));
+        self.kept_bytes = self.kept.iter().map(|(_, size)| size).sum();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,7 +294,7 @@ impl LogStore {
 
         let inner = Arc::new(Inner {
             db: TrackedDb::new(db),
-            pending: Mutex::new(BTreeMap::new()),
+            tail: Mutex::new(Tail::default()),
             last_purged: Mutex::new(last_purged),
             committed: Mutex::new(committed),
             vote: Mutex::new(vote),
@@ -295,9 +353,9 @@ impl LogStore {
             encoded.push((e.log_id, bytes));
         }
         {
-            let mut pending = lock(&self.inner.pending);
+            let mut tail = lock(&self.inner.tail);
             for e in entries {
-                pending.insert(e.log_id.index, e);
+                tail.entries.insert(e.log_id.index, e);
             }
         }
         self.send(Cmd::Append {
@@ -401,13 +459,7 @@ fn commit(inner: &Inner, broken: &mut Option<String>, batch: Vec<Cmd>, committed
         match cmd {
             Cmd::Append { entries, flushed } => {
                 if result.is_ok() {
-                    let mut pending = lock(&inner.pending);
-                    for (id, _) in &entries {
-                        // A truncate may have replaced this index meanwhile; keep that one.
-                        if pending.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                            pending.remove(&id.index);
-                        }
-                    }
+                    lock(&inner.tail).flushed(&entries, TAIL_KEPT_BYTES);
                 }
                 flushed(io_result());
             }
@@ -485,9 +537,10 @@ impl Inner {
     // openraft's own error type, handed back unchanged through its traits.
     #[allow(clippy::result_large_err)]
     fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> StoreResult<Vec<Entry<TypeConfig>>> {
-        // Pending first, then redb: an entry that leaves pending was committed before it
+        // The tail first, then redb: an entry that leaves the tail was committed before it
         // left, so this order can miss nothing.
-        let fresh: Vec<Entry<TypeConfig>> = lock(&self.pending)
+        let fresh: Vec<Entry<TypeConfig>> = lock(&self.tail)
+            .entries
             .range(range)
             .map(|(_, e)| e.clone())
             .collect();
@@ -512,7 +565,7 @@ impl Inner {
     // openraft's own error type, handed back unchanged through its traits.
     #[allow(clippy::result_large_err)]
     fn last_log_id(&self) -> StoreResult<Option<LogId<NodeId>>> {
-        if let Some((_, e)) = lock(&self.pending).last_key_value() {
+        if let Some((_, e)) = lock(&self.tail).entries.last_key_value() {
             return Ok(Some(e.log_id));
         }
         let txn = self.db.begin_read().map_err(read_err)?;
@@ -529,7 +582,7 @@ impl Inner {
     }
 }
 
-/// Whether `entries` (consecutive, from the pending map) are the whole bounded `range`.
+/// Whether `entries` (consecutive, from the tail) are the whole bounded `range`.
 fn covers(range: (Bound<u64>, Bound<u64>), entries: &[Entry<TypeConfig>]) -> bool {
     let start = match range.0 {
         Bound::Included(s) => s,
@@ -634,7 +687,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         tracing::debug!(since = %log_id, "truncating raft log");
-        drop(lock(&self.inner.pending).split_off(&log_id.index));
+        lock(&self.inner.tail).truncate(log_id.index);
         self.send_and_wait(|done| Cmd::Truncate {
             since: log_id.index,
             done,
@@ -646,11 +699,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         tracing::debug!(upto = %log_id, "purging raft log");
         let bytes = serde_json::to_vec(&log_id).map_err(write_err)?;
-        {
-            let mut pending = lock(&self.inner.pending);
-            let keep = pending.split_off(&(log_id.index + 1));
-            *pending = keep;
-        }
+        lock(&self.inner.tail).purge(log_id.index);
         *lock(&self.inner.last_purged) = Some(log_id);
         self.send_and_wait(|done| Cmd::Purge {
             upto: log_id.index,
@@ -706,15 +755,83 @@ mod tests {
             "{} commits for {APPENDS} queued appends",
             c.commits
         );
-        assert!(
-            lock(&store.inner.pending).is_empty(),
-            "flushed entries leave the pending map"
+        assert_eq!(
+            lock(&store.inner.tail).kept.len() as u64,
+            APPENDS,
+            "small flushed entries stay in the tail"
         );
         let late = store.try_get_log_entries(1..=APPENDS).await.expect("read");
         assert_eq!(
             late.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
             (1..=APPENDS).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_durable_entries_within_its_budget() {
+        let id = |term: u64, index: u64| LogId::new(CommittedLeaderId::new(term, 0), index);
+        let indexes = |t: &Tail| t.entries.keys().copied().collect::<Vec<_>>();
+        let mut tail = Tail::default();
+        for i in 1..=5 {
+            tail.entries.insert(i, blank(i));
+        }
+        let ten = || vec![0u8; 10];
+        tail.flushed(
+            &[(id(1, 1), ten()), (id(1, 2), ten()), (id(1, 3), ten())],
+            25,
+        );
+        // 30 bytes durable > 25: the oldest goes; 4 and 5 are not durable yet and stay.
+        assert_eq!(indexes(&tail), [2, 3, 4, 5]);
+        assert_eq!(tail.kept_bytes, 20);
+        // An index rewritten by another term since is not the entry that was flushed.
+        tail.entries.insert(
+            4,
+            Entry {
+                log_id: id(2, 4),
+                payload: openraft::EntryPayload::Blank,
+            },
+        );
+        tail.flushed(&[(id(1, 4), ten())], 25);
+        assert_eq!(tail.kept_bytes, 20);
+        assert_eq!(indexes(&tail), [2, 3, 4, 5]);
+        tail.truncate(3);
+        assert_eq!(indexes(&tail), [2]);
+        assert_eq!(tail.kept_bytes, 10);
+        tail.entries.insert(3, blank(3));
+        tail.purge(2);
+        assert_eq!(indexes(&tail), [3]);
+        assert_eq!((tail.kept.len(), tail.kept_bytes), (0, 0));
+    }
+
+    /// Entries written before objects travelled as text hold each object inline, as a
+    /// JSON tree; they still decode, to the same write.
+    #[test]
+    fn entries_written_with_inline_objects_still_decode() {
+        use kith_api::store::{ObjectJson, ObjectKey, Resource, WriteOp};
+        let object = serde_json::json!({"metadata": {"name": "a"}, "data": {"k": "\"v\""}});
+        let old = serde_json::json!({
+            "log_id": {"leader_id": {"term": 2, "node_id": 1}, "index": 7},
+            "payload": {"Normal": [{"Create": {
+                "key": {"resource": {"group": "", "plural": "configmaps"},
+                        "namespace": "default", "name": "a"},
+                "object": object,
+            }}]},
+        });
+        let entry: Entry<TypeConfig> =
+            serde_json::from_slice(&serde_json::to_vec(&old).expect("ser")).expect("old entry");
+        let openraft::EntryPayload::Normal(ops) = &entry.payload else {
+            panic!("not a normal entry: {entry:?}");
+        };
+        let want = WriteOp::Create {
+            key: ObjectKey::new(Resource::new("", "configmaps"), "default", "a"),
+            object: ObjectJson::from(&object),
+        };
+        assert_eq!(ops.as_slice(), [want]);
+        assert_eq!(entry.log_id.index, 7);
+        // And what is written now reads back the same.
+        let again: Entry<TypeConfig> =
+            serde_json::from_slice(&serde_json::to_vec(&entry).expect("ser")).expect("de");
+        assert_eq!(again.payload, entry.payload);
     }
 
     #[test]

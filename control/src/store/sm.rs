@@ -421,7 +421,13 @@ mod tests {
             let key = ObjectKey::new(Resource::new("", "configmaps"), ns, name);
             let object =
                 json!({"metadata": {"name": name, "namespace": ns}, "data": {"k": "v\u{e9}\"\n"}});
-            let (res, _) = s.apply(i as u64 + 3, WriteOp::Create { key, object });
+            let (res, _) = s.apply(
+                i as u64 + 3,
+                WriteOp::Create {
+                    key,
+                    object: object.into(),
+                },
+            );
             assert!(res.is_ok());
         }
         s
@@ -454,17 +460,17 @@ mod tests {
         let ops = vec![
             WriteOp::Create {
                 key: key.clone(),
-                object: json!({"metadata": {"name": "a"}}),
+                object: json!({"metadata": {"name": "a"}}).into(),
             },
             // Sees the create just before it in the same entry.
             WriteOp::Update {
                 key: key.clone(),
-                object: json!({"metadata": {"name": "a"}, "data": {"k": "2"}}),
+                object: json!({"metadata": {"name": "a"}, "data": {"k": "2"}}).into(),
                 expect: expect(12_000),
             },
             WriteOp::Create {
                 key: key.clone(),
-                object: json!({"metadata": {"name": "a"}}),
+                object: json!({"metadata": {"name": "a"}}).into(),
             },
             WriteOp::Delete {
                 key: key.clone(),
@@ -492,7 +498,7 @@ mod tests {
         let ops: Vec<WriteOp> = (0..=MAX_BATCH)
             .map(|i| WriteOp::Create {
                 key: ObjectKey::new(Resource::new("", "configmaps"), "d", &format!("n{i}")),
-                object: json!({"metadata": {}}),
+                object: json!({"metadata": {}}).into(),
             })
             .collect();
         let Replies(results) = apply_batch(&shared, 3, ops);

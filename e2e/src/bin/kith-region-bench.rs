@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kith_e2e::bench::{
-    config_map, etcd_writers, figure, kith_writers, kube_error_kind, percentile, round, run_load,
-    run_paced_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
+    config_map, cpu_during, cpu_us_per_write, etcd_writers, figure, kith_writers, kube_error_kind,
+    percentile, round, run_load, run_paced_load, Better, Figure, Limit, LoadResult, PAYLOAD_BYTES,
 };
 use kith_e2e::etcd::{self, etcd_bin, start_etcd_cluster};
 use kith_e2e::linkem::LinkStats;
@@ -326,9 +326,27 @@ async fn create_phase(args: &Args, payload: &Arc<str>) -> Result<()> {
         args.warmup(),
         args.secs
     );
+    let leader = region.leader(&[]).await?;
+    let mut procs = vec![(ROLE_BENCH.to_string(), std::process::id())];
+    for host in HOSTS {
+        let role = if host == leader {
+            "leader"
+        } else {
+            ROLE_FOLLOWERS
+        };
+        let pid = region
+            .lab
+            .pid(&format!("kith-{host}"))
+            .with_context(|| format!("no pid for the box on {host}"))?;
+        procs.push((role.to_string(), pid));
+    }
     let writers = kith_writers(&clients, NAMESPACE, "cm", args.clients, payload);
-    let kith = run_load(writers, measured(args)).await;
+    let (kith, kith_cpu) = tokio::join!(
+        run_load(writers, measured(args)),
+        cpu_during(procs, args.warmup(), Duration::from_secs(args.secs))
+    );
     print_errors_hint("kith", &kith);
+    let kith_cpu = cpu_us_per_write(&kith_cpu, kith.ok());
     drop(clients);
     for host in HOSTS {
         region.stop(host)?;
@@ -344,13 +362,26 @@ async fn create_phase(args: &Args, payload: &Arc<str>) -> Result<()> {
                 args.warmup(),
                 args.secs
             );
+            let mut procs = vec![(ROLE_BENCH.to_string(), std::process::id())];
+            for host in HOSTS {
+                let name = etcd::proc_name(host);
+                let pid = region
+                    .lab
+                    .pid(&name)
+                    .with_context(|| format!("no pid for {name}"))?;
+                procs.push(("members".to_string(), pid));
+            }
             let writers = etcd_writers(&urls, args.clients, payload);
-            let result = run_load(writers, measured(args)).await;
+            let (result, cpu) = tokio::join!(
+                run_load(writers, measured(args)),
+                cpu_during(procs, args.warmup(), Duration::from_secs(args.secs))
+            );
             print_errors_hint("etcd", &result);
+            let cpu = cpu_us_per_write(&cpu, result.ok());
             for host in HOSTS {
                 region.lab.stop(&etcd::proc_name(host))?;
             }
-            Some(result)
+            Some((result, cpu))
         }
         (true, None) => {
             eprintln!(
@@ -361,7 +392,11 @@ async fn create_phase(args: &Args, payload: &Arc<str>) -> Result<()> {
         }
         (false, _) => None,
     };
-    report_create(args, &kith, etcd.as_ref());
+    report_create(
+        args,
+        (&kith, kith_cpu),
+        etcd.as_ref().map(|(r, cpu)| (r, cpu.clone())),
+    );
     Ok(())
 }
 
@@ -372,16 +407,35 @@ fn measured(args: &Args) -> Limit {
     }
 }
 
-fn report_create(args: &Args, kith: &LoadResult, etcd: Option<&LoadResult>) {
+/// The bench process's name in the CPU figures, and the boxes that do not lead.
+const ROLE_BENCH: &str = "bench";
+const ROLE_FOLLOWERS: &str = "followers";
+
+/// `kith` and `etcd`: each load's result and its CPU microseconds per write by role
+/// (`leader`, `followers` (both together), `members` (all three etcds), `bench` (this
+/// process: the clients), `total`).
+fn report_create(
+    args: &Args,
+    (kith, kith_cpu): (&LoadResult, Map<String, Value>),
+    etcd: Option<(&LoadResult, Map<String, Value>)>,
+) {
+    let (etcd, etcd_cpu) = match etcd {
+        Some((r, cpu)) => (Some(r), Some(cpu)),
+        None => (None, None),
+    };
     let baseline = |v: f64| etcd.map(|_| ("etcd-3.4-3-members-v3-json-gateway", v));
     let mut extra = Map::new();
     extra.insert("boxes".into(), json!(HOSTS.len()));
     extra.insert("clients".into(), json!(args.clients));
     extra.insert("ok".into(), json!(kith.ok()));
     extra.insert("errors".into(), json!(kith.errors));
+    extra.insert("cpu_us_per_write".into(), json!(kith_cpu));
     if let Some(e) = etcd {
         extra.insert("baseline_ok".into(), json!(e.ok()));
         extra.insert("baseline_errors".into(), json!(e.errors));
+    }
+    if let Some(cpu) = etcd_cpu {
+        extra.insert("baseline_cpu_us_per_write".into(), json!(cpu));
     }
     extra.insert("links".into(), json!("veth, no netem in this phase"));
     Figure {
