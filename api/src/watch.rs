@@ -224,9 +224,52 @@ pub fn start<S: ObjectStore>(
     Ok(rx)
 }
 
+/// The line of a watcher without selectors, built from the stored text: every event is
+/// passed on as what it is, and the object (or its metadata) is already the JSON that
+/// parsing and writing it again would give. The in-process controllers' watches are of
+/// this kind (the garbage collector's cover every kind), so this runs for every write.
+/// `None` when it cannot tell (a table, text of another form): the caller parses.
+fn unselected_line(ev: &crate::store::StoreEvent, render: Render) -> Option<Bytes> {
+    let ty = ev.kind.as_str();
+    let mut out = Vec::with_capacity(ev.object.len() + 128);
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(ty.as_bytes());
+    out.extend_from_slice(br#"","object":"#);
+    match render {
+        Render::Object => out.extend_from_slice(&ev.object),
+        Render::Metadata => {
+            let meta = crate::store::object::top_member(&ev.object, "metadata")?;
+            out.extend_from_slice(
+                br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
+            );
+            out.extend_from_slice(meta.unwrap_or(b"{}"));
+            out.push(b'}');
+        }
+        Render::Table(_) => return None,
+    }
+    out.extend_from_slice(b"}\n");
+    Some(Bytes::from(out))
+}
+
 /// The watch event a store event becomes for a watcher with these selectors: an object that
 /// starts matching is ADDED, one that stops matching is DELETED.
 fn transition(
+    kind: &Kind,
+    ev: &crate::store::StoreEvent,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    render: Render,
+) -> Option<Bytes> {
+    if *labels == LabelSelector::everything() && fields.is_empty() {
+        if let Some(line) = unselected_line(ev, render) {
+            return Some(line);
+        }
+    }
+    selected_line(kind, ev, labels, fields, render)
+}
+
+/// [`transition`] through a parsed object: the selectors decide.
+fn selected_line(
     kind: &Kind,
     ev: &crate::store::StoreEvent,
     labels: &LabelSelector,
@@ -250,4 +293,57 @@ fn transition(
         (_, false, false) => return None,
     };
     Some(line(ty, render_object(kind, obj, render, now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ObjectKey, Resource, StoreEvent};
+
+    /// Without selectors, lines made from the stored text are the lines the parsing path
+    /// makes.
+    #[test]
+    fn unselected_lines_match_the_parsing_path() {
+        let kind = crate::kinds::by_resource("", "v1", "configmaps").expect("configmaps");
+        let object = |rv: &str| {
+            let v = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "default", "resourceVersion": rv,
+                    "labels": {"app": "x"}, "managedFields": [{"manager": "m", "fieldsV1": {"f:data": {}}}]},
+                "data": {"k": "v \"q\" {}"}});
+            Bytes::from(serde_json::to_vec(&v).expect("ser"))
+        };
+        let no_meta = Bytes::from_static(br#"{"kind":"ConfigMap","data":{}}"#);
+        let key = Arc::new(ObjectKey::new(
+            Resource::new("", "configmaps"),
+            "default",
+            "a",
+        ));
+        let event = |kind, object: Bytes, prev: Option<Bytes>| StoreEvent {
+            revision: 7,
+            kind,
+            key: key.clone(),
+            object,
+            prev,
+        };
+        let events = [
+            event(EventType::Added, object("7"), None),
+            event(EventType::Modified, object("8"), Some(object("7"))),
+            event(EventType::Deleted, object("9"), Some(object("8"))),
+            event(EventType::Added, no_meta, None),
+        ];
+        let (labels, fields) = (LabelSelector::everything(), FieldSelector::default());
+        for ev in &events {
+            for render in [Render::Object, Render::Metadata] {
+                let fast = unselected_line(ev, render).expect("fast line");
+                let slow = selected_line(kind, ev, &labels, &fields, render).expect("slow line");
+                assert_eq!(
+                    String::from_utf8_lossy(&fast),
+                    String::from_utf8_lossy(&slow),
+                    "{:?} {render:?}",
+                    ev.kind
+                );
+            }
+        }
+        assert!(unselected_line(&events[0], Render::Table(IncludeObject::None)).is_none());
+    }
 }

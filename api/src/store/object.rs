@@ -195,6 +195,26 @@ fn splice(json: &[u8], revision: u64) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// The raw text of the top-level member `key` of the object `json`, for text as serde_json
+/// writes it (see [`stamp`]); `Some(None)` when the object has no such member, `None` when
+/// the text is not of that form (the caller then parses it).
+pub fn top_member<'a>(json: &'a [u8], key: &str) -> Option<Option<&'a [u8]>> {
+    let top = members(json, 0)?;
+    if top.end != json.len() {
+        return None;
+    }
+    let mut found = None;
+    for m in &top.members {
+        if m.key == key.as_bytes() {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(&json[m.value.0..m.value.1]);
+        }
+    }
+    Some(found)
+}
+
 /// One member of an object in the text: its key (between the quotes) and where its value
 /// starts and ends.
 struct Member<'a> {
@@ -385,6 +405,26 @@ mod tests {
                     "{text}: {got:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn top_member_table() {
+        let cases: [(&str, Option<Option<&str>>); 6] = [
+            (
+                r#"{"a":1,"metadata":{"b":[1,"}"]},"c":"x"}"#,
+                Some(Some(r#"{"b":[1,"}"]}"#)),
+            ),
+            (r#"{"a":1}"#, Some(None)),
+            (r#"{}"#, Some(None)),
+            (r#"{"metadata":{},"metadata":{}}"#, None),
+            (r#"{ "metadata":{}}"#, None),
+            (r#"{"metadata":{}}x"#, None),
+        ];
+        for (text, want) in cases {
+            let got = top_member(text.as_bytes(), "metadata")
+                .map(|m| m.map(|v| std::str::from_utf8(v).expect("utf8")));
+            assert_eq!(got, want, "{text}");
         }
     }
 
