@@ -149,15 +149,8 @@ fn splice(json: &[u8], revision: u64) -> Option<Bytes> {
     let mut out = Vec::with_capacity(json.len() + value.len() + 32);
     match metadata {
         None => {
-            let at = top.end - 1;
-            out.extend_from_slice(&json[..at]);
-            if !top.members.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"\"metadata\":{\"resourceVersion\":");
-            out.extend_from_slice(value.as_bytes());
-            out.push(b'}');
-            out.extend_from_slice(&json[at..]);
+            let member = format!("\"metadata\":{{\"resourceVersion\":{value}}}");
+            append_member(&mut out, json, top.end, !top.members.is_empty(), &member);
         }
         Some((start, _)) => {
             if json[start] != b'{' {
@@ -180,19 +173,25 @@ fn splice(json: &[u8], revision: u64) -> Option<Bytes> {
                     out.extend_from_slice(&json[to..]);
                 }
                 None => {
-                    let at = meta.end - 1;
-                    out.extend_from_slice(&json[..at]);
-                    if !meta.members.is_empty() {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"\"resourceVersion\":");
-                    out.extend_from_slice(value.as_bytes());
-                    out.extend_from_slice(&json[at..]);
+                    let member = format!("\"resourceVersion\":{value}");
+                    append_member(&mut out, json, meta.end, !meta.members.is_empty(), &member);
                 }
             }
         }
     }
     Some(Bytes::from(out))
+}
+
+/// `json` with `member` (`"key":value`) added last to the object that ends at `end`
+/// (just past its `}`), after a comma when the object has members already.
+fn append_member(out: &mut Vec<u8>, json: &[u8], end: usize, has_members: bool, member: &str) {
+    let at = end - 1;
+    out.extend_from_slice(&json[..at]);
+    if has_members {
+        out.push(b',');
+    }
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&json[at..]);
 }
 
 /// The raw text of the top-level member `key` of the object `json`, for text as serde_json
