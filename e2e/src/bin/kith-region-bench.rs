@@ -394,8 +394,8 @@ async fn create_phase(args: &Args, payload: &Arc<str>) -> Result<()> {
     };
     report_create(
         args,
-        (&kith, kith_cpu),
-        etcd.as_ref().map(|(r, cpu)| (r, cpu.clone())),
+        (&kith, &kith_cpu),
+        etcd.as_ref().map(|(r, cpu)| (r, cpu)),
     );
     Ok(())
 }
@@ -416,13 +416,10 @@ const ROLE_FOLLOWERS: &str = "followers";
 /// process: the clients), `total`).
 fn report_create(
     args: &Args,
-    (kith, kith_cpu): (&LoadResult, Map<String, Value>),
-    etcd: Option<(&LoadResult, Map<String, Value>)>,
+    (kith, kith_cpu): (&LoadResult, &Map<String, Value>),
+    etcd_and_cpu: Option<(&LoadResult, &Map<String, Value>)>,
 ) {
-    let (etcd, etcd_cpu) = match etcd {
-        Some((r, cpu)) => (Some(r), Some(cpu)),
-        None => (None, None),
-    };
+    let etcd = etcd_and_cpu.map(|(r, _)| r);
     let baseline = |v: f64| etcd.map(|_| ("etcd-3.4-3-members-v3-json-gateway", v));
     let mut extra = Map::new();
     extra.insert("boxes".into(), json!(HOSTS.len()));
@@ -430,11 +427,9 @@ fn report_create(
     extra.insert("ok".into(), json!(kith.ok()));
     extra.insert("errors".into(), json!(kith.errors));
     extra.insert("cpu_us_per_write".into(), json!(kith_cpu));
-    if let Some(e) = etcd {
+    if let Some((e, cpu)) = etcd_and_cpu {
         extra.insert("baseline_ok".into(), json!(e.ok()));
         extra.insert("baseline_errors".into(), json!(e.errors));
-    }
-    if let Some(cpu) = etcd_cpu {
         extra.insert("baseline_cpu_us_per_write".into(), json!(cpu));
     }
     extra.insert("links".into(), json!("veth, no netem in this phase"));
